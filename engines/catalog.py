@@ -10,6 +10,8 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Final
 
+from protocol.tasks import TASK_KINDS
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -18,12 +20,15 @@ class EngineSpec:
     module: str  # engines.<module> holding the backend class
     backend_package: str | None  # the library it imports, None for pure Python
     extra: str | None  # pip extra that installs it
+    kinds: tuple[str, ...]  # task kinds it serves; anything else is refused up front
 
 
 ENGINES: Final[dict[str, EngineSpec]] = {
-    "synthetic": EngineSpec("synthetic", "synthetic", "engines.synthetic", None, None),
-    "sdcpp": EngineSpec("sdcpp", "sd-cpp", "engines.sdcpp", "stable_diffusion_cpp", "sdcpp"),
-    "llama": EngineSpec("llama", "llama-cpp", "engines.llama", "llama_cpp", "llama"),
+    "synthetic": EngineSpec("synthetic", "synthetic", "engines.synthetic", None, None, TASK_KINDS),
+    "sdcpp": EngineSpec(
+        "sdcpp", "sd-cpp", "engines.sdcpp", "stable_diffusion_cpp", "sdcpp", ("image",)
+    ),
+    "llama": EngineSpec("llama", "llama-cpp", "engines.llama", "llama_cpp", "llama", ("llm",)),
 }
 
 # Engines the studio knows but this worker does not ship (offers for them fail, not retried).

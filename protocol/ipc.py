@@ -107,8 +107,10 @@ REASON_BAD_INPUT: Final = "bad_input"
 REASON_CANCELLED: Final = "cancelled"
 
 _encoder: Final = msgspec.msgpack.Encoder()
-_host_decoder: Final = msgspec.msgpack.Decoder(HostMessage)
-_supervisor_decoder: Final = msgspec.msgpack.Decoder(SupervisorMessage)
+_host_decoder: Final[msgspec.msgpack.Decoder[HostMessage]] = msgspec.msgpack.Decoder(HostMessage)
+_supervisor_decoder: Final[msgspec.msgpack.Decoder[SupervisorMessage]] = msgspec.msgpack.Decoder(
+    SupervisorMessage
+)
 
 
 class IpcDecodeError(ValueError):

@@ -78,11 +78,11 @@ class Capabilities(msgspec.Struct, rename="camel"):
     auto_update: bool = True
     start_minimised: bool = True
     only_when_idle: bool = False
-    user_presence: UserPresence | None | msgspec.UnsetType = msgspec.UNSET
+    user_presence: UserPresence | msgspec.UnsetType | None = msgspec.UNSET
     supported_models: list[str] = msgspec.field(default_factory=list)
     task_kinds: list[TaskKindName] = msgspec.field(default_factory=list)
     supported_models_per_kind: dict[str, list[str]] = msgspec.field(default_factory=dict)
-    max_concurrent_jobs: int | None | msgspec.UnsetType = msgspec.UNSET
+    max_concurrent_jobs: int | msgspec.UnsetType | None = msgspec.UNSET
 
     def __post_init__(self) -> None:
         if self.user_presence is None:
@@ -230,8 +230,10 @@ RegistrationStatus = RegistrationPending | RegistrationApproved | RegistrationRe
 # --- codecs, built once -------------------------------------------------------------------
 
 _encoder: Final = msgspec.json.Encoder()
-_inbound_decoder: Final = msgspec.json.Decoder(WorkerInbound)
-_outbound_decoder: Final = msgspec.json.Decoder(WorkerOutbound)
+_inbound_decoder: Final[msgspec.json.Decoder[WorkerInbound]] = msgspec.json.Decoder(WorkerInbound)
+_outbound_decoder: Final[msgspec.json.Decoder[WorkerOutbound]] = msgspec.json.Decoder(
+    WorkerOutbound
+)
 
 
 class FrameError(ValueError):

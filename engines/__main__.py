@@ -1,0 +1,80 @@
+"""``python -m engines``: run one engine host.
+
+The supervisor starts it (spawn, never fork) with the slot's arguments and the per-spawn
+token in ``STUDIO_WORKER_HOST_TOKEN``; a developer can start one by hand against a
+supervisor's socket to debug a backend. Exit codes: 0 after ``Shutdown`` or when the
+supervisor is gone, 2 for bad arguments or a backend that failed to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from engines.parent_watch import die_with_parent
+
+TOKEN_ENV = "STUDIO_WORKER_HOST_TOKEN"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engines", description=__doc__)
+    p.add_argument("--engine", required=True)
+    p.add_argument("--slot", required=True)
+    p.add_argument("--endpoint", required=True, help="the supervisor's ZeroMQ ROUTER endpoint")
+    p.add_argument("--models-root", type=Path, required=True)
+    p.add_argument("--parent-pid", type=int, default=os.getppid())
+    p.add_argument("--heartbeat-s", type=float, default=1.0)
+    p.add_argument("--faults", default="", help="synthetic fault options, e.g. slow-start=2")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    # Ctrl-C in the supervisor's terminal must not kill a job mid-flight: the supervisor
+    # decides when a host stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(args.parent_pid)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(levelname)s engine={args.engine} slot={args.slot} %(message)s",
+    )
+    token = os.environ.pop(TOKEN_ENV, "")
+    if not token:
+        print(f"{TOKEN_ENV} is not set; refusing to start", file=sys.stderr)
+        return 2
+
+    from engines.host import EngineHost, HostOptions
+    from engines.loader import create_engine
+
+    if args.engine == "synthetic":
+        from engines.faults import apply_start_faults, parse_fault_options
+
+        apply_start_faults(parse_fault_options(args.faults))
+    try:
+        engine = create_engine(args.engine, args.models_root, args.faults)
+    except Exception as exc:
+        print(
+            f"engine `{args.engine}` failed to load: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return 2
+    options = HostOptions(
+        engine=args.engine,
+        slot=args.slot,
+        endpoint=args.endpoint,
+        token=token,
+        models_root=args.models_root,
+        parent_pid=args.parent_pid,
+        heartbeat_s=args.heartbeat_s,
+    )
+    code = EngineHost(options, engine).serve()
+    engine.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Fault injection for the synthetic engine: the misbehaviour the pool's reliability tests need.
+
+Two sources select a fault. Per job, the model id of a synthetic job (``FaultModel``): the
+process crashes, dies by a signal, freezes, runs slowly, leaks memory or fails the job. Per
+process, an option string given to the host (``parse_fault_options``): a slow or crashing
+start, the slow-job length, the leak size, and a crash on the (N+1)-th job. This module only
+misbehaves when asked; it never touches the IPC channel and knows nothing of the host loop
+beyond the two hooks ``apply_start_faults`` and ``apply_job_fault``. POSIX only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import math
+import os
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn, assert_never
+
+from engines.base import JobContext
+from engines.errors import EngineError
+
+CRASH_EXIT_CODE: Final = 3  # synthetic-crash and crash-after
+START_CRASH_EXIT_CODE: Final = 4  # crash-on-start
+DEFAULT_SLOW_JOB_S: Final = 30.0
+DEFAULT_LEAK_MB_PER_JOB: Final = 64
+SLOW_PROGRESS_INTERVAL_S: Final = 0.2
+_MIB: Final = 1 << 20
+
+
+class FaultModel(enum.StrEnum):
+    """Model ids of synthetic jobs that trigger a fault instead of (or before) the output."""
+
+    CRASH = "synthetic-crash"  # os._exit(3) mid-job
+    SEGV = "synthetic-segv"  # dies by SIGSEGV (a real null read)
+    ABORT = "synthetic-abort"  # os.abort(): dies by SIGABRT
+    HANG = "synthetic-hang"  # freezes every thread: holds the GIL in a C call forever
+    SLOW = "synthetic-slow"  # takes slow_job_s seconds, progress every 0.2 s, cancellable
+    LEAK = "synthetic-leak"  # keeps leak_mb_per_job MiB of touched memory, then succeeds
+    FAIL = "synthetic-fail"  # raises a retryable EngineError
+
+
+@dataclass(frozen=True)
+class FaultOptions:
+    """Per-process faults; the defaults inject nothing at start and size the per-job faults."""
+
+    slow_start_s: float = 0.0
+    crash_on_start: bool = False
+    slow_job_s: float = DEFAULT_SLOW_JOB_S
+    leak_mb_per_job: int = DEFAULT_LEAK_MB_PER_JOB
+    crash_after: int | None = None  # exit with CRASH_EXIT_CODE when starting job N+1
+
+
+# Option key -> FaultOptions field, by the kind of value the option takes.
+_FLAG_OPTIONS: Final = {"crash-on-start": "crash_on_start"}
+_SECONDS_OPTIONS: Final = {"slow-start": "slow_start_s", "slow-job": "slow_job_s"}
+_COUNT_OPTIONS: Final = {"leak-mb": "leak_mb_per_job", "crash-after": "crash_after"}
+_OPTION_KEYS: Final = (*_SECONDS_OPTIONS, *_FLAG_OPTIONS, *_COUNT_OPTIONS)
+
+# Memory kept alive by synthetic-leak jobs for the life of the process, on purpose.
+_LEAKED: list[bytes] = []
+
+
+def parse_fault_options(text: str) -> FaultOptions:
+    """Parse ``"slow-start=2.5,crash-on-start,slow-job=5,leak-mb=32,crash-after=2"``.
+
+    Items are comma-separated and may be given in any order; blank text gives the defaults.
+    Raises ``ValueError`` naming the item for an unknown or repeated key, a missing, extra or
+    malformed value, or a negative or non-finite number.
+    """
+    fields: dict[str, Any] = {}
+    seen: set[str] = set()
+    for raw_item in text.split(","):
+        item = raw_item.strip()
+        if not item:
+            continue
+        key, has_value, value = (part.strip() for part in item.partition("="))
+        if key not in _OPTION_KEYS:
+            raise ValueError(f"unknown fault option {key!r} (known: {', '.join(_OPTION_KEYS)})")
+        if key in seen:
+            raise ValueError(f"fault option {key!r} given twice")
+        seen.add(key)
+        if key in _FLAG_OPTIONS:
+            if has_value:
+                raise ValueError(f"fault option {key!r} takes no value, got {item!r}")
+            fields[_FLAG_OPTIONS[key]] = True
+        elif not value:
+            raise ValueError(f"fault option {key!r} needs a value ({key}=N)")
+        elif key in _SECONDS_OPTIONS:
+            fields[_SECONDS_OPTIONS[key]] = _parse_seconds(key, value)
+        else:
+            fields[_COUNT_OPTIONS[key]] = _parse_count(key, value)
+    return FaultOptions(**fields)
+
+
+def _parse_seconds(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"fault option {key!r} needs seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"fault option {key!r} needs finite seconds >= 0, got {value!r}")
+    return seconds
+
+
+def _parse_count(key: str, value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"fault option {key!r} needs a whole number, got {value!r}") from None
+    if count < 0:
+        raise ValueError(f"fault option {key!r} needs a number >= 0, got {value!r}")
+    return count
+
+
+def apply_start_faults(opts: FaultOptions) -> None:
+    """Called by the host before it reports ready: sleep ``slow_start_s``, then maybe exit 4."""
+    if opts.slow_start_s > 0:
+        time.sleep(opts.slow_start_s)
+    if opts.crash_on_start:
+        _exit_now(START_CRASH_EXIT_CODE)
+
+
+def apply_job_fault(model: str, ctx: JobContext, opts: FaultOptions, jobs_started: int) -> None:
+    """Called by the engine before it generates; ``jobs_started`` counts earlier jobs.
+
+    Kills or freezes the process, or raises ``EngineError``, when the job asks for it;
+    for ``synthetic-slow`` and ``synthetic-leak`` it does its part and returns, and the
+    engine then produces the normal output. Any other model id returns at once.
+    """
+    if opts.crash_after is not None and jobs_started >= opts.crash_after:
+        ctx.log("warn", f"fault: crash-after={opts.crash_after}, exiting with {CRASH_EXIT_CODE}")
+        _exit_now(CRASH_EXIT_CODE)
+    try:
+        fault = FaultModel(model)
+    except ValueError:
+        return
+    ctx.log("warn", f"fault: {fault.value} requested by job {ctx.job_id}")
+    match fault:
+        case FaultModel.CRASH:
+            _exit_now(CRASH_EXIT_CODE)
+        case FaultModel.SEGV:
+            _segfault()
+        case FaultModel.ABORT:
+            _disable_core_dumps()
+            os.abort()
+        case FaultModel.HANG:
+            _hang_forever()
+        case FaultModel.SLOW:
+            run_slowly(ctx, opts.slow_job_s)
+        case FaultModel.LEAK:
+            held_mb = leak_memory(opts.leak_mb_per_job)
+            ctx.log("warn", f"fault: this process now holds {held_mb} MiB of leaked memory")
+        case FaultModel.FAIL:
+            raise EngineError("synthetic failure requested")
+        case _:
+            assert_never(fault)
+
+
+def run_slowly(ctx: JobContext, seconds: float) -> None:
+    """Take ``seconds``, reporting progress every ~0.2 s; raise ``EngineError`` when cancelled."""
+    total = max(1, math.ceil(seconds / SLOW_PROGRESS_INTERVAL_S))
+    deadline = time.monotonic() + seconds
+    step = 0
+    while (left_s := deadline - time.monotonic()) > 0:
+        if ctx.cancelled.wait(min(SLOW_PROGRESS_INTERVAL_S, left_s)):
+            raise EngineError("cancelled")
+        step = min(step + 1, total)
+        ctx.progress("generating", step, total, "")
+
+
+def leak_memory(mb: int) -> int:
+    """Keep ``mb`` MiB of written (resident) memory until the process exits; return MiB held."""
+    # A one-byte repeat is a memset, so every page is touched and counts towards RSS.
+    _LEAKED.append(b"\xa5" * (mb * _MIB))
+    return sum(len(block) for block in _LEAKED) // _MIB
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without cleanup (no atexit, no finally), like a crash; logs already written stay."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _disable_core_dumps() -> None:
+    # A requested crash must not leave a core file behind (or stall while one is written).
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _segfault() -> NoReturn:
+    """Die by a real SIGSEGV from this thread (faulthandler, if enabled, re-raises it)."""
+    _disable_core_dumps()
+    # Address 1 lies in the zero page, which is never mapped. (Address 0 itself does not
+    # fault: ``string_at(0, n)`` returns n uninitialised bytes instead of reading.)
+    ctypes.string_at(1, 1)
+    raise AssertionError("reading the zero page did not fault")  # pragma: no cover
+
+
+def _hang_forever() -> NoReturn:
+    """Freeze the whole process the way a wedged native call does.
+
+    ``PyDLL`` calls keep the GIL, so no other Python thread runs again (heartbeats stop).
+    Blocking every signal in this thread means ``pause`` never returns: signals go to the
+    other threads, where Python handlers cannot run without the GIL, so only a signal whose
+    default action kills (SIGKILL, or SIGTERM when no handler is installed) ends the process.
+    In a single-threaded process such a SIGTERM stays pending, and only SIGKILL works.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    libc = ctypes.PyDLL(None)
+    while True:
+        libc.pause()

@@ -1,0 +1,87 @@
+"""Errors of the local studio, server and client side.
+
+Nothing here does I/O. Each class says who raises it and when::
+
+    LocalStudioError                     base of everything this package raises on purpose
+    +-- StudioConfigError                LocalStudio: unsafe or unusable settings (a
+    |                                    non-loopback bind without an admin token, a data
+    |                                    dir that is not a directory, a newer schema)
+    +-- StudioStartupError               LocalStudio.serve: uvicorn could not bind
+    +-- IllegalJobTransitionError        the store: a job status change the table forbids
+    |                                    (a bug in the caller; nothing is written)
+    +-- IllegalSessionTransitionError    a worker session moved to a state its table
+    |                                    forbids (a bug in the caller)
+    +-- ProtocolViolationError           the dispatcher: a frame before hello, a second
+    |                                    hello, or one naming a job this session does not
+    |                                    hold; answered ``error{protocol_violation}`` +
+    |                                    close 4002, never raised out of the server
+    +-- StudioApiError                   client: the studio answered a non-2xx status
+    +-- JobWaitTimeoutError              client.wait_for_job: the deadline passed first
+
+Peer garbage (undecodable frames, bad JSON bodies) is answered on the wire (an error
+frame or a 4xx) and logged; it never raises out of the server.
+"""
+
+from __future__ import annotations
+
+
+class LocalStudioError(Exception):
+    """Base class of the local studio's own errors."""
+
+
+class StudioConfigError(LocalStudioError):
+    """The server settings are unsafe or unusable; the message says which and why."""
+
+
+class StudioStartupError(LocalStudioError):
+    """The HTTP/WebSocket server could not start (usually: the port is taken)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"local studio could not listen on {host}:{port}")
+        self.host = host
+        self.port = port
+
+
+class IllegalJobTransitionError(LocalStudioError):
+    """A job status change outside the transition table; nothing was written."""
+
+    def __init__(self, job_id: str, current: str, target: str) -> None:
+        super().__init__(f"job {job_id}: illegal transition {current} -> {target}")
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+
+
+class IllegalSessionTransitionError(LocalStudioError):
+    """A worker session state change outside its transition table."""
+
+    def __init__(self, worker_id: str, current: str, target: str) -> None:
+        super().__init__(f"session of {worker_id}: illegal transition {current} -> {target}")
+        self.worker_id = worker_id
+        self.current = current
+        self.target = target
+
+
+class ProtocolViolationError(LocalStudioError):
+    """A worker frame the session must refuse; the message goes into the error frame."""
+
+
+class StudioApiError(LocalStudioError):
+    """The local studio answered a request with a non-2xx status."""
+
+    def __init__(self, method: str, path: str, status: int, message: str) -> None:
+        super().__init__(f"{method} {path} failed: {status} — {message}")
+        self.method = method
+        self.path = path
+        self.status = status
+        self.message = message
+
+
+class JobWaitTimeoutError(LocalStudioError):
+    """wait_for_job gave up: the job had not reached a wanted status before the deadline."""
+
+    def __init__(self, job_id: str, status: str, timeout_s: float) -> None:
+        super().__init__(f"job {job_id} still {status} after {timeout_s:g}s of waiting")
+        self.job_id = job_id
+        self.status = status
+        self.timeout_s = timeout_s

@@ -1,0 +1,284 @@
+"""The worker's config file: same path, keys and defaults as the Rust worker (protocol.md §7).
+
+An operator can swap the Rust worker for this one and keep the registration: the Rust keys
+are read and written unchanged, and this worker's own keys (engine slots, restart and
+recycle policy, timeouts) sit beside them with documented defaults. Unknown keys load fine
+and vanish on the next save. Saves are atomic (temp file in the same directory, fsync,
+rename) and owner-only (0600) because the file holds credentials.
+
+Secrets (``auth_token``, ``registration_secret``, ``local_api_token``) never reach a log
+line or an exception text: ``WorkerConfig``'s repr redacts them and parse errors report
+only a position, never file content.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+import tomli_w
+
+from supervisor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+APP_DIR_NAME: Final = "minis-studio-worker"
+CONFIG_FILE_NAME: Final = "config.toml"
+DEFAULT_API_BASE_URL: Final = "https://studio.minis.gg/"
+DEFAULT_UPDATE_FEED: Final = "https://api.github.com/repos/webbertakken/studio-worker/releases"
+REQUIRED_KEYS: Final = ("api_base_url", "vram_threshold_gb", "auto_start")
+SECRET_FIELDS: Final = frozenset({"auth_token", "registration_secret", "local_api_token"})
+REDACTED: Final = "<redacted>"
+CONFIG_MODE: Final = 0o600
+
+LogFormat = Literal["text", "json"]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+PosFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PosInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+def _home_dir() -> Path | None:
+    try:
+        return Path.home()
+    except RuntimeError:
+        return None
+
+
+def default_models_root() -> Path:
+    """``~/models``, or ``$TMPDIR/studio-worker-models`` when there is no home directory."""
+    home = _home_dir()
+    if home is None:
+        return Path(tempfile.gettempdir()) / "studio-worker-models"
+    return home / "models"
+
+
+def expand_home(value: str) -> str:
+    """Expand a leading ``~`` or ``~/`` (nothing else, e.g. not ``~user``); kept if no home."""
+    home = _home_dir()
+    if home is None:
+        return value
+    if value == "~":
+        return str(home)
+    if value.startswith("~/"):
+        return str(home / value[2:])
+    return value
+
+
+class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything in config.toml. Change it with ``replace``; save it with ``save_config``.
+
+    The first block is the Rust worker's keys in its order; the second is this worker's.
+    Defaults here are what a freshly written file contains.
+    """
+
+    # --- the Rust worker's keys (protocol.md §7) ---
+    api_base_url: str = DEFAULT_API_BASE_URL
+    worker_id: str | None = None
+    auth_token: str | None = None
+    vram_threshold_gb: float = 12.0
+    auto_start: bool = True
+    start_minimised: bool = True
+    auto_update_enabled: bool = True
+    auto_update_interval_secs: int = 1800
+    auto_update_feed: str = DEFAULT_UPDATE_FEED
+    auto_update_prerelease: bool = False
+    models_root: Path = msgspec.field(default_factory=default_models_root)
+    ws_reconnect_attempts: int | None = None
+    local_api_port: int | None = None
+    local_api_token: str | None = None
+    only_when_idle: bool = False
+    install_id: str | None = None
+    registration_request_id: str | None = None
+    registration_secret: str | None = None
+
+    # --- this worker's keys ---
+    engines: tuple[str, ...] = ("synthetic",)
+    """Engine slot specs, e.g. ``"sdcpp@0"`` (engine on GPU 0) or ``"synthetic"``."""
+    restart_backoff_base_s: PosFloat = 0.5
+    restart_backoff_max_s: PosFloat = 30.0
+    crash_loop_max: PosInt = 5
+    crash_loop_window_s: PosFloat = 60.0
+    crash_loop_cooldown_s: NonNegFloat = 300.0
+    recycle_after_jobs: NonNegInt = 0
+    """Restart an engine host after this many jobs; 0 = never."""
+    recycle_rss_growth_mb: NonNegInt = 4096
+    recycle_vram_growth_mb: NonNegInt = 2048
+    job_deadline_s: PosFloat = 1800.0
+    drain_grace_s: NonNegFloat = 30.0
+    heartbeat_timeout_idle_s: PosFloat = 10.0
+    heartbeat_timeout_busy_s: PosFloat = 30.0
+    heartbeat_timeout_loading_s: PosFloat = 300.0
+    ready_timeout_s: PosFloat = 120.0
+    metrics_listen: str | None = None
+    """``host:port`` for the Prometheus endpoint; absent = no metrics listener."""
+    log_format: LogFormat = "text"
+
+    @property
+    def has_credentials(self) -> bool:
+        """Both ``worker_id`` and ``auth_token`` set and non-empty (registration done)."""
+        return bool(self.worker_id) and bool(self.auth_token)
+
+    def replace(self, **changes: Any) -> WorkerConfig:
+        """A copy with ``changes`` applied (the struct is frozen)."""
+        return msgspec.structs.replace(self, **changes)
+
+    def _redacted_fields(self) -> list[tuple[str, Any]]:
+        return [
+            (name, REDACTED if name in SECRET_FIELDS and value is not None else value)
+            for name, value in msgspec.structs.asdict(self).items()
+        ]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={value!r}" for name, value in self._redacted_fields())
+        return f"WorkerConfig({inner})"
+
+    def __rich_repr__(self) -> Any:  # rich / typer pretty printing; msgspec's shows secrets
+        yield from self._redacted_fields()
+
+
+def default_config_path() -> Path:
+    """Where the Rust worker keeps config.toml (the ``directories`` crate's config dir).
+
+    Linux: ``$XDG_CONFIG_HOME/minis-studio-worker/config.toml`` (an absolute
+    ``XDG_CONFIG_HOME`` only), else ``~/.config/minis-studio-worker/config.toml``.
+    """
+    home = _home_dir() or Path(tempfile.gettempdir())
+    if sys.platform == "darwin":
+        base = home / "Library" / "Application Support" / f"gg.minis.{APP_DIR_NAME}"
+    elif sys.platform == "win32":
+        appdata = os.environ.get("APPDATA")
+        root = Path(appdata) if appdata else home / "AppData" / "Roaming"
+        base = root / "minis" / APP_DIR_NAME / "config"
+    else:
+        xdg = os.environ.get("XDG_CONFIG_HOME", "")
+        root = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".config"
+        base = root / APP_DIR_NAME
+    return base / CONFIG_FILE_NAME
+
+
+_TOML_POSITION: Final = re.compile(r"\((at line \d+, column \d+|at end of document)\)")
+_QUOTED: Final = re.compile(r"'[^']*'")
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise TypeError(f"expected a path string, got {type(value).__name__}")
+
+
+def _encode_path(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError
+
+
+def _toml_error_position(exc: tomllib.TOMLDecodeError) -> str:
+    """Only where the error is: the parser's message may quote file content (a secret)."""
+    match = _TOML_POSITION.search(str(exc))
+    return match.group(1) if match else "at an unknown position"
+
+
+def _parse(path: Path, data: bytes) -> WorkerConfig:
+    """Decode file bytes; every error text carries the path and a category, no content."""
+    where = f"parsing {CONFIG_FILE_NAME} ({path})"
+    detail: str | None = None
+    raw: dict[str, Any] = {}
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        detail = "not valid UTF-8"
+    except tomllib.TOMLDecodeError as exc:
+        detail = f"invalid TOML {_toml_error_position(exc)}"
+    if detail is None:
+        missing = [key for key in REQUIRED_KEYS if key not in raw]
+        if missing:
+            detail = f"missing field `{missing[0]}`"
+    if detail is None:
+        unknown = sorted(set(raw) - set(WorkerConfig.__struct_fields__))
+        if unknown:
+            log.debug("config: ignoring unknown keys %s path=%s", ", ".join(unknown), path)
+        if isinstance(raw.get("models_root"), str):
+            raw["models_root"] = expand_home(raw["models_root"])
+        try:
+            return msgspec.convert(raw, WorkerConfig, dec_hook=_decode_path)
+        except msgspec.ValidationError as exc:
+            detail = _QUOTED.sub("'…'", str(exc))
+    log.warning("config: %s is invalid path=%s", CONFIG_FILE_NAME, path)
+    raise ConfigError(f"{where}: {detail}")
+
+
+def load_config(path: Path) -> WorkerConfig:
+    """Read config.toml at ``path``; a missing file is created with the defaults.
+
+    Raises ConfigError: ``reading config.toml (...)`` when the file cannot be read,
+    ``parsing config.toml (...)`` when it is not a valid config, ``saving config.toml (...)``
+    when the defaults cannot be written.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        cfg = WorkerConfig()
+        save_config(path, cfg)
+        log.info('config loaded source="default_created" path=%s', path)
+        return cfg
+    except OSError as exc:
+        log.warning("config: cannot read path=%s error=%s", path, exc.strerror)
+        raise ConfigError(f"reading {CONFIG_FILE_NAME} ({path}): {exc.strerror}") from None
+    cfg = _parse(path, data)
+    log.debug('config loaded source="existing_file" path=%s', path)
+    return cfg
+
+
+def render_config(cfg: WorkerConfig) -> str:
+    """The TOML text ``save_config`` writes (unset optional keys omitted); includes secrets."""
+    values = msgspec.to_builtins(cfg, enc_hook=_encode_path)
+    return tomli_w.dumps({key: value for key, value in values.items() if value is not None})
+
+
+def save_config(path: Path, cfg: WorkerConfig) -> None:
+    """Atomically replace ``path`` with ``cfg`` (mode 0600); parent directories are created.
+
+    Raises ConfigError ``saving config.toml (...)``; no temp file is left behind either way.
+    """
+    data = render_config(cfg).encode("utf-8")
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        Path(tmp).chmod(CONFIG_MODE)  # mkstemp already makes it 0600; say so explicitly
+        Path(tmp).replace(path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        log.warning("config: save failed path=%s error=%s", path, exc.strerror)
+        raise ConfigError(f"saving {CONFIG_FILE_NAME} ({path}): {exc.strerror}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    log.debug("config saved path=%s", path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; best effort (not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

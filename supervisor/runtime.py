@@ -1,0 +1,228 @@
+"""``supervisor start``: wire config, registration, pool, control socket and session
+under one root task group, and turn signals into a two-stage shutdown.
+
+First SIGINT/SIGTERM: stop accepting (offers are rejected ``paused``), let running jobs
+finish within the drain grace, ship the last log batch, close the session with 1000
+``session ended``, stop the hosts politely. Second signal: stop now (hosts are killed;
+their jobs are released by the studio when the socket closes). The last log line says
+how it ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from engines.catalog import missing_backend
+from protocol.studio import Capabilities
+from supervisor.capabilities import build_capabilities
+from supervisor.config import WorkerConfig, load_config
+from supervisor.control import ControlServer, socket_path
+from supervisor.errors import (
+    AuthFailed,
+    ReconnectExhausted,
+    RegistrationAbortedError,
+    SessionFatal,
+    WorkerError,
+)
+from supervisor.live_config import LiveConfig
+from supervisor.log_queue import LogShipQueue, ShipHandler
+from supervisor.policies import RecycleLimits
+from supervisor.pool import EnginePool
+from supervisor.pool_settings import PoolSettings
+from supervisor.registration import CapabilitiesFn, ensure_registered
+from supervisor.session import SessionDeps, SessionTimings
+from supervisor.session_loop import serve_studio
+from supervisor.slot_spec import SlotSpec, parse_engines
+from supervisor.studio_http import StudioHttp
+from supervisor.worker_state import WorkerState
+
+log = logging.getLogger("supervisor.runtime")
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    config_path: Path
+    engines: str | None = None  # overrides the config's `engines`
+    faults: str = ""  # synthetic fault injection (drills, tests)
+    timings: SessionTimings | None = None
+    registration_poll_s: float = 30.0
+    heartbeat_s: float = 1.0  # host -> supervisor
+
+
+class StartupError(WorkerError):
+    pass
+
+
+def slot_specs(cfg: WorkerConfig, engines: str | None) -> list[SlotSpec]:
+    specs = parse_engines(engines if engines is not None else list(cfg.engines))
+    problems = [p for p in (missing_backend(e) for e in sorted({s.engine for s in specs})) if p]
+    if problems:
+        raise StartupError("; ".join(problems))
+    return specs
+
+
+def pool_settings(cfg: WorkerConfig, opts: StartOptions) -> PoolSettings:
+    return PoolSettings(
+        models_root=Path(cfg.models_root),
+        heartbeat_s=opts.heartbeat_s,
+        ready_timeout_s=cfg.ready_timeout_s,
+        heartbeat_timeout_idle_s=cfg.heartbeat_timeout_idle_s,
+        heartbeat_timeout_busy_s=cfg.heartbeat_timeout_busy_s,
+        heartbeat_timeout_loading_s=cfg.heartbeat_timeout_loading_s,
+        restart_backoff_base_s=cfg.restart_backoff_base_s,
+        restart_backoff_max_s=cfg.restart_backoff_max_s,
+        crash_loop_max=cfg.crash_loop_max,
+        crash_loop_window_s=cfg.crash_loop_window_s,
+        crash_loop_cooldown_s=cfg.crash_loop_cooldown_s,
+        recycle=RecycleLimits(
+            after_jobs=cfg.recycle_after_jobs,
+            rss_growth_bytes=cfg.recycle_rss_growth_mb * MIB,
+            vram_growth_bytes=cfg.recycle_vram_growth_mb * MIB,
+        ),
+        faults=opts.faults,
+    )
+
+
+class Supervisor:
+    """The running supervisor: everything ``status``, metrics and the session read."""
+
+    def __init__(self, opts: StartOptions) -> None:
+        self.opts = opts
+        cfg = load_config(opts.config_path)
+        self.specs = slot_specs(cfg, opts.engines)
+        self.state = WorkerState()
+        self.logs = LogShipQueue()
+        self.pool = EnginePool(self.specs, pool_settings(cfg, opts))
+        self.stop = anyio.Event()
+        self.stop_reason = "session ended"
+        self.initial_config = cfg
+        self._started = time.monotonic()
+
+    async def run(self) -> int:
+        handler = ShipHandler(self.logs)
+        logging.getLogger().addHandler(handler)
+        for name in ("supervisor", "engines"):
+            # The studio wants INFO lines even when the embedding app left logging unset.
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.INFO)
+        code = 0
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals, tg.cancel_scope)
+                await tg.start(self.pool.serve)
+                control = ControlServer(socket_path(self.opts.config_path), self.pool, self.state)
+                await tg.start(control.serve)
+                await self._wait_for_hosts()
+                code = await self._serve_studio()
+                await self._drain_pool()
+                tg.cancel_scope.cancel()
+        finally:
+            logging.getLogger().removeHandler(handler)
+            self._log_summary(code)
+        return code
+
+    async def _serve_studio(self) -> int:
+        cfg = self.initial_config
+        try:
+            async with StudioHttp() as http:
+                cfg = await ensure_registered(
+                    self.opts.config_path,
+                    cfg,
+                    self._capabilities_for(cfg),
+                    self.stop,
+                    self.opts.registration_poll_s,
+                    http=http,
+                )
+                timings = self.opts.timings or SessionTimings(drain_grace_s=cfg.drain_grace_s)
+                deps = SessionDeps(
+                    config=LiveConfig(self.opts.config_path, cfg),
+                    pool=self.pool,
+                    state=self.state,
+                    logs=self.logs,
+                    http=http,
+                    stop=self.stop,
+                    timings=timings,
+                )
+                await serve_studio(deps)
+        except RegistrationAbortedError as exc:
+            log.info("%s", exc)
+            return 0
+        except AuthFailed as exc:
+            self.stop_reason = f"ws auth failed: {exc.reason}"
+            return 3
+        except SessionFatal as exc:
+            self.stop_reason = f"ws fatal: {exc.reason}"
+            return 4
+        except ReconnectExhausted as exc:
+            self.stop_reason = str(exc)
+            return 5
+        except WorkerError as exc:
+            self.stop_reason = str(exc)
+            log.error("%s", exc)
+            return 1
+        return 0
+
+    def _capabilities_for(self, cfg: WorkerConfig) -> CapabilitiesFn:
+        def build(live: WorkerConfig) -> Capabilities:
+            return build_capabilities(
+                live,
+                self.pool.models_per_kind(),
+                paused=self.state.paused,
+                max_concurrent_jobs=self.pool.capacity(),
+            )
+
+        return build
+
+    async def _wait_for_hosts(self) -> None:
+        """Give the hosts a chance to come up so the first hello advertises real models;
+        a host that cannot start is reported by its slot and does not block the session."""
+        timeout = self.initial_config.ready_timeout_s
+        if not await self.pool.wait_ready(timeout):
+            log.warning("not every engine host was ready after %.0f s; connecting anyway", timeout)
+
+    async def _drain_pool(self) -> None:
+        grace = self.initial_config.drain_grace_s
+        with anyio.CancelScope(shield=True):
+            await self.pool.drain(grace)
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self.stop.is_set():
+                    log.info('op="shutdown" signal="%s": draining (a second signal forces)', name)
+                    self.stop_reason = f"{name} received"
+                    self.stop.set()
+                else:
+                    log.warning('op="shutdown" signal="%s": forcing shutdown now', name)
+                    self.stop_reason = f"{name} received twice (forced)"
+                    scope.cancel()
+                    return
+
+    def _log_summary(self, code: int) -> None:
+        outcomes = self.state.job_outcomes
+        restarts = sum(s.restarts for s in self.pool.slots)
+        log.info(
+            "supervisor stopped: reason=%s exit_code=%d uptime_s=%d jobs_done=%d "
+            "jobs_failed=%d rejected=%d host_restarts=%d",
+            self.stop_reason,
+            code,
+            time.monotonic() - self._started,
+            outcomes["done"],
+            outcomes["failed_retryable"] + outcomes["failed_final"],
+            outcomes["rejected_busy"] + outcomes["rejected_paused"],
+            restarts,
+        )
+
+
+def run_supervisor(opts: StartOptions) -> int:
+    return anyio.run(Supervisor(opts).run, backend="asyncio")

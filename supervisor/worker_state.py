@@ -1,0 +1,58 @@
+"""What the running supervisor knows about itself, in one place.
+
+The session, the control socket (``supervisor status``), the metrics endpoint and the
+capabilities all read this object and the pool's slots; nothing keeps a second copy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from supervisor.session_state import SessionEvent, SessionLifecycle, SessionPhase
+
+
+@dataclass
+class ActiveJob:
+    job_id: str
+    kind: str
+    model: str
+    engine: str
+    slot_id: str
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "queued"
+    step: int = 0
+    total: int = 0
+
+
+class WorkerState:
+    def __init__(self) -> None:
+        self.paused = False
+        self.shutting_down = False
+        self.session = SessionLifecycle()
+        self.worker_id: str | None = None
+        self.jobs: dict[str, ActiveJob] = {}
+        self.last_heartbeat_ack: float | None = None
+        self.reconnects = 0
+        self.sessions_welcomed = 0
+        # outcome -> count: done, failed_retryable, failed_final, rejected_busy, rejected_paused
+        self.job_outcomes: Counter[str] = Counter()
+
+    @property
+    def phase(self) -> SessionPhase:
+        return self.session.phase
+
+    def session_event(self, event: SessionEvent) -> None:
+        self.session.apply(event)
+
+    def current_job_id(self) -> str | None:
+        """The oldest running job, for the heartbeat's single ``currentJobId``."""
+        if not self.jobs:
+            return None
+        return min(self.jobs.values(), key=lambda j: j.started).job_id
+
+    def seconds_since_heartbeat_ack(self) -> float | None:
+        if self.last_heartbeat_ack is None:
+            return None
+        return time.monotonic() - self.last_heartbeat_ack

@@ -1,0 +1,137 @@
+"""The WebSocket transport to the studio (protocol.md §2.1, §2.2, §2.5): connect, send,
+receive with a read-idle bound, close. It turns every way a socket can end into one of the
+``SessionError`` classes; what to do about it is the session's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import anyio
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from protocol.studio import (
+    SUBPROTOCOL,
+    CloseCode,
+    FrameError,
+    WorkerInbound,
+    WorkerOutbound,
+    decode_outbound,
+    encode_frame,
+    frame_label,
+)
+from supervisor.errors import (
+    AuthFailed,
+    SessionDisconnected,
+    SessionProtocolError,
+    SessionTransportError,
+)
+
+log = logging.getLogger("supervisor.ws")
+
+CONNECT_TIMEOUT_S: Final = 15.0
+READ_IDLE_TIMEOUT_S: Final = 20.0
+CLOSE_TIMEOUT_S: Final = 5.0
+UPGRADE_BODY_MAX_CHARS: Final = 300
+MAX_FRAME_BYTES: Final = 64 * 2**20
+
+
+def clip_body(body: bytes | bytearray) -> str:
+    text = bytes(body).decode(errors="replace").strip()
+    if len(text) > UPGRADE_BODY_MAX_CHARS:
+        return text[:UPGRADE_BODY_MAX_CHARS] + "…"
+    return text
+
+
+def error_for_close(code: int | None, reason: str) -> AuthFailed | SessionDisconnected:
+    """4001 -> AuthFailed; any other code (4002/4003/4004 included) or none -> reconnect."""
+    if code == CloseCode.AUTH_FAILED:
+        return AuthFailed(f"server closed 4001: {reason}")
+    if code is None:
+        return SessionDisconnected("connection dropped without a close frame")
+    return SessionDisconnected(
+        f"server closed {code}: {reason}" if reason else f"server closed {code}"
+    )
+
+
+class StudioSocket:
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls, url: str, auth_token: str, *, timeout_s: float = CONNECT_TIMEOUT_S, worker_id: str = ""
+    ) -> StudioSocket:
+        try:
+            with anyio.fail_after(timeout_s):
+                ws = await connect(
+                    url,
+                    additional_headers={"Authorization": f"Bearer {auth_token}"},
+                    subprotocols=[Subprotocol(SUBPROTOCOL)],
+                    open_timeout=None,
+                    ping_interval=None,
+                    close_timeout=CLOSE_TIMEOUT_S,
+                    max_size=MAX_FRAME_BYTES,
+                    user_agent_header=None,
+                )
+        except TimeoutError:
+            raise SessionTransportError(f"connect timed out after {timeout_s:g}s") from None
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status == 401:
+                raise AuthFailed("401 on websocket upgrade") from None
+            body = clip_body(exc.response.body or b"")
+            detail = f"HTTP {status} on websocket upgrade" + (f": {body}" if body else "")
+            raise SessionTransportError(detail) from None
+        except (OSError, InvalidHandshake) as exc:
+            log.warning("websocket connect failed worker_id=%s error=%s", worker_id, exc)
+            raise SessionTransportError(f"websocket connect failed: {exc}") from None
+        return cls(ws)
+
+    async def send(self, frame: WorkerInbound) -> None:
+        if self._closed:
+            raise SessionTransportError(f"{frame_label(frame)} send failed: socket closed")
+        try:
+            await self._ws.send(encode_frame(frame))
+        except ConnectionClosed as exc:
+            log.warning('websocket send failed frame="%s" error=%s', frame_label(frame), exc)
+            raise SessionTransportError(f"{frame_label(frame)} send failed: {exc}") from None
+
+    async def recv(self, idle_timeout_s: float = READ_IDLE_TIMEOUT_S) -> WorkerOutbound:
+        """The next studio frame; control frames never surface (websockets answers pings)."""
+        try:
+            with anyio.fail_after(idle_timeout_s):
+                data = await self._ws.recv()
+        except TimeoutError:
+            raise SessionDisconnected(
+                f"no frames from server for {idle_timeout_s:g}s; treating connection as dead"
+            ) from None
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            err = error_for_close(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+            if isinstance(err, AuthFailed):
+                log.warning("studio closed the session with 4001")
+            raise err from None
+        if isinstance(data, bytes):
+            log.warning("binary frame from the studio (%d bytes); dropping the session", len(data))
+            raise SessionProtocolError("binary frame from the studio")
+        try:
+            return decode_outbound(data)
+        except FrameError as exc:
+            log.warning("unparseable frame from the studio: %s", exc)
+            raise SessionProtocolError(str(exc)) from None
+
+    async def close(self, reason: str = "session ended", code: int = CloseCode.NORMAL) -> None:
+        """Close once (a second call is a no-op); never waits longer than 5 s."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+            try:
+                await self._ws.close(code, reason)
+            except Exception as exc:
+                log.debug("close failed: %s", exc)
