@@ -5,12 +5,17 @@ heartbeat every tick and obeys ``Shutdown``/``CancelJob``, so it keeps beating w
 runs on the job thread (the inference libraries release the GIL). A host frozen as a whole
 stops beating; a long job keeps beating and reports progress. The job thread hands its
 messages to the main thread over an ``inproc`` PAIR socket, because ZeroMQ sockets belong
-to one thread. stdout/stderr carry logs only, never protocol.
+to one thread; each PAIR message starts with a one-byte marker frame saying whether it ends
+the job, so only the main thread decides when the host is free again. A job's result is
+preceded by a fresh heartbeat, so the supervisor judges recycling on the levels right after
+the job. VRAM is sampled on a thread of its own (``nvidia-smi`` can take a second), never on
+the I/O loop. stdout/stderr carry logs only, never protocol.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -18,14 +23,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, assert_never
 
 import zmq
 
 from engines.base import BinaryResult, Engine, JobContext, JsonResult, LogFn, ProgressFn
 from engines.errors import EngineError
 from engines.parent_watch import parent_alive
-from engines.resources import ResourceProbe
+from engines.resources import VRAM_PROBE_INTERVAL_S, ResourceProbe
 from protocol import ipc
 from protocol.ipc import HostState, LogLevelName, ProgressPhase
 
@@ -33,6 +38,9 @@ log = logging.getLogger("engines.host")
 
 EVENTS_ENDPOINT: Final = "inproc://job-events"
 REASON_ENGINE_BUG: Final = "engine_bug"
+# First frame of every job-thread -> main-thread message: does the job go on, or is it over?
+_MARK_EVENT: Final = b"e"
+_MARK_FINAL: Final = b"f"
 
 
 @dataclass(frozen=True)
@@ -67,13 +75,23 @@ class _JobThread(threading.Thread):
         finally:
             self._sock.close()
 
-    def send(self, msg: ipc.HostMessage, payload: bytes | None = None) -> None:
+    def send(
+        self, msg: ipc.HostMessage, payload: bytes | None = None, *, final: bool = False
+    ) -> None:
+        """Hand a message to the main thread; ``final`` marks the job's last one (its result).
+
+        A payload travels by reference (``copy=False``): ZeroMQ keeps the bytes object alive
+        until the frame has been written to the supervisor's socket.
+        """
         assert self._sock is not None
-        frames: list[bytes] = [ipc.encode(msg)]
-        if payload is not None:
-            frames.append(payload)
+        header = ipc.encode(msg)
         with self._send_lock:
-            self._sock.send_multipart(frames, copy=len(frames) == 1)
+            if payload is None:
+                self._sock.send_multipart([_MARK_FINAL if final else _MARK_EVENT, header])
+            else:
+                self._sock.send(_MARK_FINAL if final else _MARK_EVENT, zmq.SNDMORE)
+                self._sock.send(header, zmq.SNDMORE)
+                self._sock.send(payload, copy=False)
 
     def _run_one(self, job: ipc.RunJob) -> None:
         host = self._host
@@ -111,7 +129,8 @@ class _JobThread(threading.Thread):
                 assert isinstance(result, JsonResult)
                 msg = ipc.JobDone(job.job_id, elapsed_ms, json=result.value)
         host.end_job()
-        self.send(msg, payload)
+        self.send(host.heartbeat())
+        self.send(msg, payload, final=True)
 
     def _progress_fn(self, job_id: str) -> ProgressFn:
         def progress(phase: ProgressPhase, step: int, total: int, message: str = "") -> None:
@@ -139,10 +158,16 @@ class EngineHost:
         self._jobs_done = 0
         self._progress_seq = 0
         self._probe = ResourceProbe()
+        self._vram_bytes: int | None = None
+        self._stopping = threading.Event()
+        # Owned by the main (I/O) thread: the job it handed over and not yet seen end, and
+        # when a requested shutdown must happen at the latest.
+        self._running: str | None = None
+        self._stop_at: float | None = None
 
-    # Called from the job thread; plain attribute writes are atomic under the GIL.
+    # Called from the job thread; plain attribute writes are atomic under the GIL. These
+    # feed the heartbeats only; whether the host is free is the main thread's ``_running``.
     def begin_job(self, job_id: str) -> None:
-        self.cancelled.clear()
         self._job_id = job_id
         self._state = "generating"
         self._progress_seq += 1
@@ -162,7 +187,7 @@ class EngineHost:
             state=self._state,
             job_id=self._job_id,
             rss_bytes=self._probe.rss_bytes(),
-            vram_bytes=self._probe.vram_bytes(),
+            vram_bytes=self._vram_bytes,
             jobs_done=self._jobs_done,
             model_loads=self.engine.model_loads,
             progress_seq=self._progress_seq,
@@ -180,8 +205,16 @@ class EngineHost:
             library_versions=self.engine.library_versions(),
         )
 
+    def _sample_vram(self) -> None:
+        """VRAM thread: refresh the reading the heartbeats report until the host stops."""
+        while True:
+            self._vram_bytes = self._probe.vram_bytes()
+            if self._stopping.wait(VRAM_PROBE_INTERVAL_S):
+                return
+
     def serve(self) -> int:
         """Run until ``Shutdown`` or the parent dies; returns the process exit code."""
+        threading.Thread(target=self._sample_vram, name="vram", daemon=True).start()
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         events = context.socket(zmq.PAIR)
         events.linger = 0
@@ -194,12 +227,22 @@ class EngineHost:
         worker.start()
         try:
             dealer.send(ipc.encode(self.ready()))
-            return self._loop(dealer, events, worker)
+            code = self._loop(dealer, events, worker)
         finally:
+            self._stopping.set()
             worker.jobs.put(None)
             dealer.close()
             events.close()
-            context.term()
+            if self._running is None:
+                context.term()
+        if self._running is not None:
+            # The shutdown grace is over and the job thread is still inside the engine:
+            # leave now, without the cleanup (context.term, engine.close) that would wait
+            # for it or free the model under it.
+            log.warning("shutdown grace over during job %s; exiting now", self._running)
+            logging.shutdown()
+            os._exit(code)
+        return code
 
     def _loop(
         self,
@@ -212,7 +255,6 @@ class EngineHost:
         poller.register(events, zmq.POLLIN)
         interval = self.options.heartbeat_s
         next_beat = time.monotonic()
-        stop_at: float | None = None
         while True:
             now = time.monotonic()
             if now >= next_beat:
@@ -221,32 +263,52 @@ class EngineHost:
                     return 0
                 dealer.send(ipc.encode(self.heartbeat()))
                 next_beat = now + interval
-            if stop_at is not None and (self._job_id is None or now >= stop_at):
+            stop_at = self._stop_at
+            if stop_at is not None and (self._running is None or now >= stop_at):
                 return 0
-            timeout_ms = max(0.0, min(next_beat, stop_at or next_beat) - now) * 1000
-            for sock, _ in poller.poll(int(timeout_ms)):
+            wake_at = next_beat if stop_at is None else min(next_beat, stop_at)
+            # Round up: a timeout truncated to 0 ms would spin until the next beat.
+            for sock, _ in poller.poll(max(0, math.ceil((wake_at - now) * 1000))):
                 if sock is events:
-                    dealer.send_multipart(events.recv_multipart(copy=False), copy=False)
-                    continue
-                msg = self._receive(dealer)
-                match msg:
-                    case ipc.RunJob():
-                        if self._job_id is not None or stop_at is not None:
-                            dealer.send(
-                                ipc.encode(
-                                    ipc.JobFailed(msg.job_id, "engine host is busy", True, "busy")
-                                )
-                            )
-                        else:
-                            self._job_id = msg.job_id
-                            worker.jobs.put(msg)
-                    case ipc.CancelJob():
-                        if msg.job_id == self._job_id:
-                            self.cancelled.set()
-                    case ipc.Shutdown():
-                        stop_at = time.monotonic() + msg.grace_s
-                    case None:
-                        pass
+                    self._forward(events, dealer)
+                else:
+                    self._obey(self._receive(dealer), dealer, worker)
+
+    def _forward(self, events: zmq.Socket[bytes], dealer: zmq.Socket[bytes]) -> None:
+        """Pass one job-thread message on to the supervisor, frames by reference."""
+        mark, *frames = events.recv_multipart(copy=False)
+        if mark.bytes == _MARK_FINAL:
+            # Free before forwarding: the supervisor may send the next job the moment it
+            # sees this result.
+            self._running = None
+        dealer.send_multipart(frames, copy=False)
+
+    def _obey(
+        self,
+        msg: ipc.SupervisorMessage | None,
+        dealer: zmq.Socket[bytes],
+        worker: _JobThread,
+    ) -> None:
+        match msg:
+            case ipc.RunJob():
+                if self._running is not None or self._stop_at is not None:
+                    busy = ipc.JobFailed(msg.job_id, "engine host is busy", True, "busy")
+                    dealer.send(ipc.encode(busy))
+                else:
+                    self._running = msg.job_id
+                    # Cleared here, not on the job thread: a CancelJob that arrives before
+                    # the job thread picks the job up must not be lost.
+                    self.cancelled.clear()
+                    worker.jobs.put(msg)
+            case ipc.CancelJob():
+                if msg.job_id == self._running:
+                    self.cancelled.set()
+            case ipc.Shutdown():
+                self._stop_at = time.monotonic() + msg.grace_s
+            case None:
+                pass
+            case _:
+                assert_never(msg)
 
     def _receive(self, dealer: zmq.Socket[bytes]) -> ipc.SupervisorMessage | None:
         frames = dealer.recv_multipart()

@@ -35,6 +35,7 @@ from protocol.tasks import (
     LlmTask,
     TaskKindName,
     VideoTask,
+    prompt_for,
 )
 
 IMAGE_SIZE_PX: Final = 512
@@ -47,6 +48,12 @@ _PNG_COMPRESS_LEVEL: Final = 1
 TTS_SAMPLE_RATE_HZ: Final = 22_050
 TTS_SAMPLES: Final = TTS_SAMPLE_RATE_HZ  # exactly 1.0 s
 _WAV_HEADER: Final = struct.Struct("<4sI4s4sIHHIIHH4sI")  # RIFF, WAVE, fmt (PCM), data
+
+# A bench/test-only model id: any task with it returns BLOB_BYTES of bytes (ext "bin"), to
+# measure and check the path a big binary result takes. Not advertised to the studio.
+BLOB_MODEL: Final = "synthetic-blob-8m"
+BLOB_BYTES: Final = 8 * 2**20
+BLOB_EXT: Final = "bin"
 
 LLM_MODEL: Final = "synthetic-llm"
 LLM_COMPLETION_TOKENS: Final = 8
@@ -179,6 +186,14 @@ def synthetic_stt(task: AudioSttTask) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def synthetic_blob(prompt: str) -> bytes:
+    """``BLOB_BYTES`` made of the prompt's SHA-256 repeated; cached, so a benchmark of the
+    result path measures the transfer, not the fill."""
+    digest = _sha256(prompt)
+    return digest * (BLOB_BYTES // len(digest))
+
+
 def synthetic_tts(text: str) -> bytes:
     """1.0 s of 16-bit mono PCM at 22050 Hz: a sine between 220 and 880 Hz set by the text.
 
@@ -225,7 +240,8 @@ class SyntheticEngine(Engine):
     """Serves every kind for ``modelSource.engine == "synthetic"`` offers, whatever the model.
 
     Routing by source engine is the supervisor's job; model ids named by ``FaultModel`` (and
-    ``faults``) make the process misbehave before the output is produced.
+    ``faults``) make the process misbehave before the output is produced, and ``BLOB_MODEL``
+    returns ``synthetic_blob`` for any task.
     """
 
     name = "synthetic"
@@ -252,6 +268,8 @@ class SyntheticEngine(Engine):
         self.jobs_started += 1
         apply_job_fault(ctx.model, ctx, self.faults, earlier_jobs)
         _check_cancelled(ctx)
+        if ctx.model == BLOB_MODEL:
+            return BinaryResult(synthetic_blob(prompt_for(ctx.task)), BLOB_EXT)
         ctx.progress("generating", 0, 2, "")
         result: EngineResult
         match ctx.task:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from supervisor import commands
+from supervisor import commands, studio_commands
 from supervisor.config import default_config_path
 from supervisor.errors import WorkerError
 
@@ -30,6 +30,7 @@ app = typer.Typer(
 @dataclass(frozen=True)
 class GlobalOptions:
     config_path: Path
+    explicit_config: bool = False
 
 
 def _print_version(value: bool) -> None:
@@ -60,7 +61,9 @@ def _global_options(
     ] = False,
 ) -> None:
     del version
-    ctx.obj = GlobalOptions(config if config is not None else default_config_path())
+    ctx.obj = GlobalOptions(
+        config if config is not None else default_config_path(), explicit_config=config is not None
+    )
 
 
 def _config_path(ctx: typer.Context) -> Path:
@@ -110,6 +113,198 @@ def set_threshold(
     """Set vram_threshold_gb."""
     path = _config_path(ctx)
     _run(lambda: commands.set_threshold(path, gb))
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    engines: Annotated[
+        str | None,
+        typer.Option(
+            "--engines",
+            metavar="LIST",
+            help="Engine slots, e.g. `sdcpp,llama` or `sdcpp@0,sdcpp@1,llama@1` (engine@GPU). "
+            "`synthetic` is added unless you list `-synthetic`. Default: the config's `engines`.",
+        ),
+    ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Also run a local studio on 127.0.0.1 and work for it (no cloud studio needed). "
+            "Uses its own config beside the default one unless --config is given.",
+        ),
+    ] = False,
+    local_port: Annotated[
+        int, typer.Option("--local-port", help="Port of the --local studio (0 = any free port).")
+    ] = 9790,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="`text` (default) or `json` log lines.")
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics, /healthz and /readyz there (off by default).",
+        ),
+    ] = None,
+    faults: Annotated[str, typer.Option("--faults", hidden=True)] = "",
+) -> None:
+    """Run the worker: register if needed, start the engine hosts, serve the studio."""
+    from supervisor.start_command import run_start
+
+    options = ctx.ensure_object(GlobalOptions)
+    try:
+        code = run_start(
+            options.config_path,
+            explicit_config=options.explicit_config,
+            engines=engines,
+            local=local,
+            local_port=local_port,
+            log_format=log_format,
+            metrics=metrics,
+            faults=faults,
+        )
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Registration, session and every engine slot of the running supervisor."""
+    path = _config_path(ctx)
+    _run(lambda: commands.status(path))
+
+
+@app.command()
+def pause(ctx: typer.Context) -> None:
+    """Reject new offers (runtime only; running jobs finish)."""
+    path = _config_path(ctx)
+    _run(lambda: commands.control(path, "pause"))
+
+
+@app.command()
+def resume(ctx: typer.Context) -> None:
+    """Accept offers again after `pause`."""
+    path = _config_path(ctx)
+    _run(lambda: commands.control(path, "resume"))
+
+
+studio_app = typer.Typer(help="Run and operate a local studio (self-hosting, trying the worker).")
+app.add_typer(studio_app, name="studio")
+StudioUrl = Annotated[str, typer.Option("--studio", metavar="URL", help="Local studio base URL.")]
+
+
+@studio_app.command("serve")
+def studio_serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 9790,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", metavar="DIR")] = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Approve every registration request at once.")
+    ] = False,
+    heartbeat_timeout: Annotated[float, typer.Option("--heartbeat-timeout")] = 30.0,
+) -> None:
+    """Serve the local studio until Ctrl-C (SQLite queue and assets under --data-dir)."""
+    from localstudio.__main__ import main as studio_main
+
+    argv = ["--host", host, "--port", str(port), "--heartbeat-timeout", str(heartbeat_timeout)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    if auto_approve:
+        argv.append("--auto-approve")
+    raise typer.Exit(studio_main(argv))
+
+
+@studio_app.command("pending")
+def studio_pending(studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL) -> None:
+    """List registration requests waiting for a decision."""
+    _run(lambda: studio_commands.pending(studio))
+
+
+@studio_app.command("approve")
+def studio_approve(
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
+) -> None:
+    """Approve a pending worker."""
+    _run(lambda: studio_commands.decide(studio, request_id, True))
+
+
+@studio_app.command("reject")
+def studio_reject(
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
+) -> None:
+    """Reject a pending worker."""
+    _run(lambda: studio_commands.decide(studio, request_id, False, reason))
+
+
+@studio_app.command("jobs")
+def studio_jobs(studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL) -> None:
+    """List the local studio's jobs."""
+    _run(lambda: studio_commands.list_jobs(studio))
+
+
+@app.command()
+def submit(
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="Prompt; the input URL for audio_stt, text for tts.")
+    ],
+    kind: Annotated[str, typer.Option("--kind")] = "image",
+    model: Annotated[str, typer.Option("--model")] = "synthetic",
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="sd-cpp, llama-cpp or synthetic (implied for synthetic*)."),
+    ] = None,
+    file: Annotated[
+        list[str] | None,
+        typer.Option("--file", metavar="ROLE=URL[#SHA256]", help="A model file (repeatable)."),
+    ] = None,
+    width: Annotated[int | None, typer.Option("--width")] = None,
+    height: Annotated[int | None, typer.Option("--height")] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    ext: Annotated[str | None, typer.Option("--ext")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
+    system: Annotated[str | None, typer.Option("--system")] = None,
+    json_schema: Annotated[
+        str | None, typer.Option("--json-schema", help="A JSON schema (inline or a file).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where results are saved.")] = Path(),
+    timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+    studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
+) -> None:
+    """Queue a job on a local studio, wait for it, and save the asset or JSON."""
+    options: dict[str, object] = {}
+    if kind in ("image", "video"):
+        options.update(width=width, height=height, ext=ext)
+        if kind == "image":
+            options.update(steps=steps, seed=seed)
+    elif kind == "llm":
+        options.update(
+            max_tokens=max_tokens,
+            system=system,
+            seed=seed,
+            json_schema=studio_commands.parse_json_option(json_schema),
+        )
+    elif kind == "audio_tts":
+        options.update(ext=ext)
+    try:
+        task = studio_commands.build_task(kind, prompt, options)
+        source = studio_commands.build_source(model, engine, file or [])
+        ok, text = studio_commands.submit(
+            studio, task, source, model, out_dir=out, timeout_s=timeout
+        )
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(text)
+    raise typer.Exit(0 if ok else 1)
 
 
 def main() -> None:

@@ -73,3 +73,29 @@ def set_threshold(cfg_path: Path, gb: float) -> str:
     save_config(cfg_path, cfg)
     log.info('vram threshold set op="set_threshold" vram_threshold_gb=%s', gb)
     return f"vram_threshold_gb = {_display_float(gb)}"
+
+
+def status(cfg_path: Path) -> str:
+    """The config lines of §8, then the live report of a running supervisor, if any."""
+    from supervisor.control import SupervisorNotRunning, ask, socket_path
+    from supervisor.status_view import render_status
+
+    cfg = load_config(cfg_path)
+    try:
+        reply = ask(socket_path(cfg_path), "status")
+    except SupervisorNotRunning:
+        return render_status(cfg_path, cfg, None)
+    return render_status(cfg_path, cfg, reply.status)
+
+
+def control(cfg_path: Path, cmd: str) -> str:
+    """Send ``pause`` / ``resume`` to the running supervisor."""
+    from supervisor.control import SupervisorNotRunning, ask, socket_path
+
+    try:
+        reply = ask(socket_path(cfg_path), cmd)
+    except SupervisorNotRunning as exc:
+        raise UsageError(str(exc)) from None
+    if not reply.ok:
+        raise UsageError(reply.message)
+    return reply.message

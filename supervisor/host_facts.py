@@ -55,7 +55,11 @@ def sysfs_vram_mib(gpu_dir: Path = NVIDIA_PROC_DIR) -> float | None:
         if match is None:
             continue
         factor = _UNIT_TO_MIB.get(match.group(2).lower(), 1.0)
-        total += float(match.group(1)) * factor
+        try:
+            total += float(match.group(1)) * factor
+        except ValueError:
+            log.warning("unparseable Video Memory line in %s dropped", info)
+            continue
         found = True
     return total if found else None
 

@@ -114,6 +114,16 @@ class HostProcess:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
 
+    async def reap(self) -> ExitInfo:
+        """Kill and wait for the process itself: safe even after ``watch`` was cancelled."""
+        with anyio.CancelScope(shield=True):
+            self.kill()
+            if self.exit is None:
+                self.exit = ExitInfo(await self.process.wait())
+                self.exited.set()
+        assert self.exit is not None
+        return self.exit
+
     async def stop(
         self,
         send_shutdown: Callable[[], Awaitable[None]] | None,
@@ -125,10 +135,13 @@ class HostProcess:
             if self.exit is None and send_shutdown is not None:
                 try:
                     await send_shutdown()
-                except Exception as exc:  # the socket may already be gone
+                except Exception as exc:
+                    # Not connected (yet, or any more): nobody would read the message, so
+                    # waiting out its grace only delays the SIGTERM.
                     log.debug("shutdown message to %s not sent: %s", self.identity, exc)
-                with anyio.move_on_after(grace_s):
-                    await self.exited.wait()
+                else:
+                    with anyio.move_on_after(grace_s):
+                        await self.exited.wait()
             if self.exit is None:
                 log.warning(
                     "engine host %s pid=%d ignored shutdown; sending SIGTERM",

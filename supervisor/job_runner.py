@@ -123,6 +123,14 @@ class JobRunner:
             self.state.jobs[job_id] = active
             try:
                 await self._run(claim, slot, active)
+            except Exception as exc:
+                # A bug here must cost one job (reported, retryable), never the session.
+                log.exception(
+                    "job %s failed inside the supervisor", job_id, extra={"job_id": job_id}
+                )
+                await self._fail(
+                    job_id, f"supervisor error: {type(exc).__name__}: {exc}", retryable=True
+                )
             finally:
                 self.state.jobs.pop(job_id, None)
         finally:

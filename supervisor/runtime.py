@@ -56,6 +56,7 @@ class StartOptions:
     timings: SessionTimings | None = None
     registration_poll_s: float = 30.0
     heartbeat_s: float = 1.0  # host -> supervisor
+    metrics_listen: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz
 
 
 class StartupError(WorkerError):

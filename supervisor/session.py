@@ -34,7 +34,7 @@ from protocol.studio import (
     WorkerOutbound,
 )
 from supervisor.capabilities import build_capabilities, summary_line
-from supervisor.errors import AuthFailed, SessionFatal, SessionTransportError
+from supervisor.errors import AuthFailed, SessionError, SessionFatal, SessionTransportError
 from supervisor.job_runner import JobRunner
 from supervisor.live_config import LiveConfig
 from supervisor.log_queue import LogShipQueue
@@ -71,6 +71,17 @@ class SessionDeps:
     http: StudioHttp
     stop: anyio.Event  # graceful stop requested (first signal)
     timings: SessionTimings
+
+
+def first_session_error(group: BaseExceptionGroup[BaseException]) -> SessionError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, SessionError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_session_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 class StudioSession:
@@ -153,13 +164,20 @@ class StudioSession:
     async def _serve(self, sock: StudioSocket) -> None:
         d = self.deps
         runner = JobRunner(d.pool, d.state, d.http, d.config, sock)
-        async with anyio.create_task_group() as tg:
-            runner.task_group = tg
-            tg.start_soon(self._heartbeat_pump, sock)
-            tg.start_soon(self._log_shipper, sock)
-            tg.start_soon(self._reader, sock, runner)
-            await self._wait_for_stop(runner)
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                runner.task_group = tg
+                tg.start_soon(self._heartbeat_pump, sock)
+                tg.start_soon(self._log_shipper, sock)
+                tg.start_soon(self._reader, sock, runner)
+                await self._wait_for_stop(runner)
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One pump failing ends the session; report why, not the task group wrapper.
+            first = first_session_error(group)
+            if first is None:
+                raise
+            raise first from None
 
     async def _wait_for_stop(self, runner: JobRunner) -> None:
         d = self.deps

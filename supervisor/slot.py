@@ -23,6 +23,7 @@ from typing import Final
 
 import anyio
 import zmq
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from protocol import ipc
 from supervisor.host_process import ExitInfo, HostProcess, LaunchOptions
@@ -65,6 +66,21 @@ class _RunningJob:
             self.done.set()
 
 
+async def _next_inbound(inbox: MemoryObjectReceiveStream[Inbound]) -> Inbound | None:
+    """The next message, or None once the inbox is closed. Messages already queued are
+    taken without a checkpoint each: a job's progress, heartbeat and result come in bursts."""
+    try:
+        return inbox.receive_nowait()
+    except anyio.WouldBlock:
+        pass
+    except anyio.EndOfStream:
+        return None
+    try:
+        return await inbox.receive()
+    except anyio.EndOfStream:
+        return None
+
+
 class Slot:
     def __init__(
         self,
@@ -103,7 +119,9 @@ class Slot:
         self._forced = False
         self._drain_event = anyio.Event()
         self._recycle_reason: str | None = None
-        self._state_changed = anyio.Event()
+        # Made by the first waiter, set (and dropped) by the next transition: most
+        # transitions have nobody waiting, and an Event costs more than the transition.
+        self._state_changed: anyio.Event | None = None
 
     # --- views ----------------------------------------------------------------------------
 
@@ -121,7 +139,12 @@ class Slot:
 
     @property
     def is_free(self) -> bool:
-        return self.state is SlotState.READY and not self.reserved and self.job is None
+        return (
+            self.state is SlotState.READY
+            and not self.reserved
+            and self.job is None
+            and not self._draining
+        )
 
     @property
     def is_serving(self) -> bool:
@@ -196,16 +219,18 @@ class Slot:
         return False
 
     async def _wait_change(self) -> None:
-        event = self._state_changed
-        await event.wait()
+        if self._state_changed is None:
+            self._state_changed = anyio.Event()
+        await self._state_changed.wait()
 
     def _transition(self, event: SlotEvent) -> None:
         before = self.lifecycle.state
         after = self.lifecycle.apply(event)
         if after is not before:
             log.debug("slot %s %s -> %s (%s)", self.slot_id, before.value, after.value, event.value)
-        self._state_changed.set()
-        self._state_changed = anyio.Event()
+        if self._state_changed is not None:
+            self._state_changed.set()
+            self._state_changed = None
         self._on_change()
 
     # --- the loop -------------------------------------------------------------------------
@@ -287,6 +312,7 @@ class Slot:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(host.watch, self._on_output_line)
                 verdict = await self._supervise(host, inbox)
+                self._leave_generation(verdict)
                 if verdict.crash:
                     host.kill()
                 else:
@@ -299,8 +325,7 @@ class Slot:
                     )
         finally:
             with anyio.CancelScope(shield=True):
-                host.kill()
-                await host.exited.wait()
+                await host.reap()
                 self._router.close_inbox(identity)
                 inbox.close()
         assert host.exit is not None
@@ -308,18 +333,13 @@ class Slot:
         self._settle_after_loss(verdict)
         return verdict
 
-    def _settle_after_loss(self, verdict: _Verdict) -> None:
-        job = self.job
-        if job is not None:
-            self.job = None
-            job.resolve(self._failure_for_lost_job(job, verdict))
-        self.reserved = False
+    def _leave_generation(self, verdict: _Verdict) -> None:
+        """Move the state as soon as the verdict is in, before the host is stopped, so no
+        job is handed to a host on its way out (a polite stop can take seconds)."""
         if verdict.cause == CAUSE_RECYCLE:
             self._transition(SlotEvent.RECYCLE)
         elif verdict.cause == CAUSE_DRAIN:
-            if self.lifecycle.can(SlotEvent.STOPPED):
-                self._transition(SlotEvent.STOPPED)
-            elif self.lifecycle.can(SlotEvent.DRAIN):
+            if self.state in (SlotState.READY, SlotState.BUSY):
                 self._transition(SlotEvent.DRAIN)
         else:
             log.error(
@@ -331,6 +351,19 @@ class Slot:
                 verdict.detail,
             )
             self._transition(SlotEvent.HOST_LOST)
+
+    def _settle_after_loss(self, verdict: _Verdict) -> None:
+        """The host is gone: fail the job it was running, finish a drain."""
+        job = self.job
+        if job is not None:
+            self.job = None
+            job.resolve(self._failure_for_lost_job(job, verdict))
+        self.reserved = False
+        if verdict.cause == CAUSE_DRAIN:
+            if self.lifecycle.can(SlotEvent.STOPPED):
+                self._transition(SlotEvent.STOPPED)
+            elif self.lifecycle.can(SlotEvent.DRAIN):
+                self._transition(SlotEvent.DRAIN)
 
     def _failure_for_lost_job(self, job: _RunningJob, verdict: _Verdict) -> JobFailedOutcome:
         job_id = job.run.job_id
@@ -354,7 +387,7 @@ class Slot:
         return JobFailedOutcome(text, True, verdict.cause)
 
     async def _supervise(
-        self, host: HostProcess, inbox: anyio.abc.ObjectReceiveStream[Inbound]
+        self, host: HostProcess, inbox: MemoryObjectReceiveStream[Inbound]
     ) -> _Verdict:
         verdicts: list[_Verdict] = []
 
@@ -372,7 +405,7 @@ class Slot:
                 decide(_Verdict(cause, f"died ({host.exit.describe()})", True))
 
             async def on_messages() -> None:
-                async for item in inbox:
+                while (item := await _next_inbound(inbox)) is not None:
                     verdict = self._handle(host, item)
                     if verdict is not None:
                         decide(verdict)
@@ -500,7 +533,7 @@ class Slot:
         if self.ready_info is None:
             if now - self._generation_started > s.ready_timeout_s:
                 return _Verdict(
-                    "ready_timeout", f"did not report ready within {s.ready_timeout_s:.0f} s", True
+                    "ready_timeout", f"did not report ready within {s.ready_timeout_s:g} s", True
                 )
             return None
         state = self.last_heartbeat.state if self.last_heartbeat else "idle"
@@ -517,7 +550,7 @@ class Slot:
         if job is not None:
             if now > job.deadline:
                 return _Verdict(
-                    "deadline", f"ran past the job deadline of {job.run.deadline_s:.0f} s", True
+                    "deadline", f"ran past the job deadline of {job.run.deadline_s:g} s", True
                 )
             if now - self._progress_at > s.stall_timeout_s:
                 return _Verdict(

@@ -43,7 +43,7 @@ def parse_engines(text: str | list[str], *, with_synthetic: bool = True) -> list
             )
         gpu: int | None = None
         if gpu_text:
-            if not gpu_text.isdigit():
+            if not (gpu_text.isascii() and gpu_text.isdigit()):
                 raise SlotSpecError(f"bad GPU index in `{raw}`: expected engine@N with N >= 0")
             gpu = int(gpu_text)
         specs.append(SlotSpec(name, gpu, counts.get(name, 0)))

@@ -32,6 +32,21 @@ from supervisor.errors import (
 
 log = logging.getLogger("supervisor.ws")
 
+
+class _RedactAuthorization(logging.Filter):
+    """websockets logs request headers at DEBUG; the bearer token must never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "authorization" in message.lower():
+            head, _, _ = message.partition(":")
+            record.msg, record.args = f"{head}: <redacted>", ()
+        return True
+
+
+wire_log = logging.getLogger("supervisor.ws.wire")
+wire_log.addFilter(_RedactAuthorization())
+
 CONNECT_TIMEOUT_S: Final = 15.0
 READ_IDLE_TIMEOUT_S: Final = 20.0
 CLOSE_TIMEOUT_S: Final = 5.0
@@ -77,6 +92,7 @@ class StudioSocket:
                     close_timeout=CLOSE_TIMEOUT_S,
                     max_size=MAX_FRAME_BYTES,
                     user_agent_header=None,
+                    logger=wire_log,
                 )
         except TimeoutError:
             raise SessionTransportError(f"connect timed out after {timeout_s:g}s") from None

@@ -75,7 +75,7 @@ class PeerConnection:
             await self.ws.send_text(data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await self.ws.close(code, reason)
 
     async def handshake(self, worker_id: str = "w-1") -> studio.Hello:
@@ -172,19 +172,33 @@ async def running_peer(peer: StudioPeer | None = None) -> AsyncIterator[StudioPe
     sock.listen(64)
     peer.port = sock.getsockname()[1]
     peer._send, peer._receive = anyio.create_memory_object_stream[PeerConnection](16)
-    config = uvicorn.Config(peer.app(), log_level="warning", lifespan="off", ws="websockets-sansio")
+    config = uvicorn.Config(
+        peer.app(),
+        log_level="warning",
+        lifespan="off",
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=1,
+    )
     server = uvicorn.Server(config)
+    stopped = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            await server.serve([sock])
+        finally:
+            stopped.set()
+
     async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
+        tg.start_soon(serve)
         try:
             yield peer
         finally:
             for conn in peer.connections:
-                conn.closed.set()
+                await conn.close()
             server.should_exit = True
+            server.force_exit = True
             with anyio.move_on_after(5):
-                while server.started:
-                    await anyio.sleep(0.01)
+                await stopped.wait()
             tg.cancel_scope.cancel()
     sock.close()
     peer._send.close()

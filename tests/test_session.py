@@ -255,7 +255,7 @@ async def test_read_idle_timeout_reconnects(tmp_path, caplog):
     ):
         conn, _ = await welcomed(peer)
         # The studio goes silent (no heartbeat acks): the worker declares it dead.
-        second = await peer.next_connection(timeout_s=5)
+        second = await peer.next_connection(timeout_s=15)
         await second.handshake()
         assert any("no frames from server for 0.6s" in r.getMessage() for r in caplog.records)
         assert any(
