@@ -121,7 +121,16 @@ def main() -> None:
     local_blob = in_process(BLOB, BLOB_MODEL, args.blobs)
     pool_llm, pool_blob = anyio.run(through_pool, args.jobs, args.blobs)
     copies = memory_copy(args.blobs)
+    report(local_llm, pool_llm, local_blob, pool_blob, copies)
 
+
+def report(
+    local_llm: list[float],
+    pool_llm: list[float],
+    local_blob: list[float],
+    pool_blob: list[float],
+    copies: list[float],
+) -> None:
     ms = 1000.0
     rows = [
         ("llm job, in-process", local_llm),

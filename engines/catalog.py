@@ -65,8 +65,13 @@ def missing_backend(engine: str) -> str | None:
     spec = ENGINES.get(engine)
     if spec is None:
         return f"unknown engine `{engine}`; choose from {', '.join(sorted(ENGINES))}"
-    if spec.backend_package is None or importlib.util.find_spec(spec.backend_package):
+    if spec.backend_package is None:
         return None
+    try:
+        if importlib.util.find_spec(spec.backend_package) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
     return (
         f"engine `{engine}` needs the Python package `{spec.backend_package}`, which is not "
         f"installed: run `pip install 'studio-worker[{spec.extra}]'`"

@@ -97,6 +97,7 @@ class _JobThread(threading.Thread):
         host = self._host
         host.begin_job(job.job_id)
         started = time.monotonic()
+        loads_before = host.engine.model_loads
         ctx = JobContext(
             job_id=job.job_id,
             model=job.model,
@@ -128,7 +129,11 @@ class _JobThread(threading.Thread):
             else:
                 assert isinstance(result, JsonResult)
                 msg = ipc.JobDone(job.job_id, elapsed_ms, json=result.value)
+        if host.engine.model_loads != loads_before:
+            host.refresh_vram()
         host.end_job()
+        # Levels right after the job, ahead of its result: the supervisor decides on them
+        # whether to recycle this host before it hands it the next job.
         self.send(host.heartbeat())
         self.send(msg, payload, final=True)
 
@@ -205,15 +210,18 @@ class EngineHost:
             library_versions=self.engine.library_versions(),
         )
 
+    def refresh_vram(self) -> None:
+        """Read VRAM now (after a model load, so the supervisor's baseline includes it)."""
+        self._vram_bytes = self._probe.vram_bytes(max_age_s=0)
+
     def _sample_vram(self) -> None:
         """VRAM thread: refresh the reading the heartbeats report until the host stops."""
-        while True:
+        while not self._stopping.wait(VRAM_PROBE_INTERVAL_S):
             self._vram_bytes = self._probe.vram_bytes()
-            if self._stopping.wait(VRAM_PROBE_INTERVAL_S):
-                return
 
     def serve(self) -> int:
         """Run until ``Shutdown`` or the parent dies; returns the process exit code."""
+        self.refresh_vram()  # the first heartbeat is the baseline: it needs a real reading
         threading.Thread(target=self._sample_vram, name="vram", daemon=True).start()
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         events = context.socket(zmq.PAIR)

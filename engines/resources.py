@@ -25,11 +25,12 @@ class ResourceProbe:
     def rss_bytes(self) -> int:
         return int(self._proc.memory_info().rss)
 
-    def vram_bytes(self) -> int | None:
+    def vram_bytes(self, max_age_s: float = VRAM_PROBE_INTERVAL_S) -> int | None:
+        """This process's VRAM, from a reading at most ``max_age_s`` old (0: read now)."""
         if self._smi is None:
             return None
         now = time.monotonic()
-        if now - self._vram_at >= VRAM_PROBE_INTERVAL_S:
+        if now - self._vram_at >= max_age_s:
             self._vram_at = now
             self._vram = self._query_vram()
         return self._vram

@@ -10,6 +10,7 @@
     │   └── StudioResponseError  a 2xx whose body is not what protocol.md §6 says
     ├── RegistrationRejectedError  the operator rejected this worker (registration.py)
     ├── RegistrationAbortedError   stop was requested before approval (registration.py)
+    ├── MetricsListenError       --metrics HOST:PORT unusable or unbindable (metrics.py)
     └── SessionError             the WebSocket session ended abnormally (ws_client, session)
         ├── SessionTransportError    connect / upgrade / send failed: reconnect
         ├── SessionProtocolError     binary or unparseable frame: reconnect
@@ -100,6 +101,11 @@ class RegistrationAbortedError(WorkerError):
 
     def __init__(self) -> None:
         super().__init__("shutdown before registration completed")
+
+
+class MetricsListenError(WorkerError):
+    """Raised by metrics.py at start-up for a listen address that does not parse as
+    ``HOST:PORT`` or cannot be bound (port taken, address not local)."""
 
 
 class SessionError(WorkerError):

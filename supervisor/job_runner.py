@@ -132,7 +132,7 @@ class JobRunner:
                     job_id, f"supervisor error: {type(exc).__name__}: {exc}", retryable=True
                 )
             finally:
-                self.state.jobs.pop(job_id, None)
+                self.state.finish_job(job_id)
         finally:
             self._end()
 
@@ -201,7 +201,12 @@ class JobRunner:
         frame = CompleteJson(job_id=job_id, result=outcome.json, prompt=prompt)
         if await self._send_or_log(frame, "completeJson", job_id):
             self.state.job_outcomes["done"] += 1
-            log.info("json result sent elapsed_ms=%d", elapsed_ms, extra={"job_id": job_id})
+            log.info(
+                "json result sent job %s elapsed_ms=%d",
+                job_id,
+                elapsed_ms,
+                extra={"job_id": job_id},
+            )
         else:
             self.state.job_outcomes["failed_retryable"] += 1
 

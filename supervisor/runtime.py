@@ -26,6 +26,7 @@ from supervisor.config import WorkerConfig, load_config
 from supervisor.control import ControlServer, socket_path
 from supervisor.errors import (
     AuthFailed,
+    MetricsListenError,
     ReconnectExhausted,
     RegistrationAbortedError,
     SessionFatal,
@@ -33,6 +34,7 @@ from supervisor.errors import (
 )
 from supervisor.live_config import LiveConfig
 from supervisor.log_queue import LogShipQueue, ShipHandler
+from supervisor.metrics_server import MetricsServer, parse_listen
 from supervisor.policies import RecycleLimits
 from supervisor.pool import EnginePool
 from supervisor.pool_settings import PoolSettings
@@ -100,6 +102,9 @@ class Supervisor:
         self.opts = opts
         cfg = load_config(opts.config_path)
         self.specs = slot_specs(cfg, opts.engines)
+        listen = opts.metrics_listen or cfg.metrics_listen
+        if listen:
+            parse_listen(listen)  # a bad address fails here, before anything is created
         self.state = WorkerState()
         self.logs = LogShipQueue()
         self.pool = EnginePool(self.specs, pool_settings(cfg, opts))
@@ -107,6 +112,7 @@ class Supervisor:
         self.stop_reason = "session ended"
         self.initial_config = cfg
         self._started = time.monotonic()
+        self.metrics = MetricsServer(listen, self.pool, self.state) if listen else None
 
     async def run(self) -> int:
         handler = ShipHandler(self.logs)
@@ -116,20 +122,38 @@ class Supervisor:
             if logging.getLogger(name).level == logging.NOTSET:
                 logging.getLogger(name).setLevel(logging.INFO)
         code = 0
+        startup_error: MetricsListenError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
                 await tg.start(self.pool.serve)
                 control = ControlServer(socket_path(self.opts.config_path), self.pool, self.state)
                 await tg.start(control.serve)
-                await self._wait_for_hosts()
-                code = await self._serve_studio()
-                await self._drain_pool()
+                if self.metrics is not None:
+                    startup_error = await self._start_metrics(tg, self.metrics)
+                if startup_error is None:
+                    await self._wait_for_hosts()
+                    code = await self._serve_studio()
+                    await self._drain_pool()
                 tg.cancel_scope.cancel()
+            if startup_error is not None:
+                raise startup_error
         finally:
             logging.getLogger().removeHandler(handler)
             self._log_summary(code)
         return code
+
+    async def _start_metrics(
+        self, tg: anyio.abc.TaskGroup, metrics: MetricsServer
+    ) -> MetricsListenError | None:
+        """Start the metrics endpoint; a port it cannot bind stops the start-up (the
+        operator asked for metrics), returned so it leaves ``run`` as itself, not grouped."""
+        try:
+            await tg.start(metrics.serve)
+        except MetricsListenError as exc:
+            self.stop_reason = str(exc)
+            return exc
+        return None
 
     async def _serve_studio(self) -> int:
         cfg = self.initial_config

@@ -33,6 +33,7 @@ from supervisor.policies import CrashLoopDetector, PoisonJobs, backoff_s, recycl
 from supervisor.pool_settings import PoolSettings
 from supervisor.slot_spec import SlotSpec
 from supervisor.slot_state import SlotEvent, SlotLifecycle, SlotState
+from supervisor.stats import ProgressStats
 
 log = logging.getLogger("supervisor.slot")
 
@@ -105,6 +106,7 @@ class Slot:
         self.jobs_done = 0
         self.restarts = 0
         self.restart_causes: Counter[str] = Counter()
+        self.progress_stats = ProgressStats()  # download bytes, load times (metrics)
         self.last_exit: str | None = None
         self.parked_until: float | None = None
         self._crash_loop = CrashLoopDetector(settings.crash_loop_max, settings.crash_loop_window_s)
@@ -437,6 +439,7 @@ class Slot:
                 job = self.job
                 if job is not None and job.run.job_id == msg.job_id:
                     self._progress_at = time.monotonic()
+                    self.progress_stats.observe(msg, self._progress_at)
                     if job.on_progress is not None:
                         job.on_progress(msg)
             case ipc.JobDone():
@@ -455,6 +458,7 @@ class Slot:
                     self.engine,
                     self.slot_id,
                     msg.job_id or "-",
+                    extra={"job_id": msg.job_id} if msg.job_id else None,
                 )
         if self._draining:
             return self._drain_verdict()

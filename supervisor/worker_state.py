@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from supervisor.session_state import SessionEvent, SessionLifecycle, SessionPhase
+from supervisor.stats import JOB_SECONDS_BUCKETS, DurationHistogram
 
 
 @dataclass
@@ -38,6 +39,8 @@ class WorkerState:
         self.sessions_welcomed = 0
         # outcome -> count: done, failed_retryable, failed_final, rejected_busy, rejected_paused
         self.job_outcomes: Counter[str] = Counter()
+        # (kind, engine) -> how long accepted jobs took, accept to result delivered
+        self.job_seconds: dict[tuple[str, str], DurationHistogram] = {}
 
     @property
     def phase(self) -> SessionPhase:
@@ -45,6 +48,17 @@ class WorkerState:
 
     def session_event(self, event: SessionEvent) -> None:
         self.session.apply(event)
+
+    def finish_job(self, job_id: str) -> None:
+        """The job is over (delivered, failed or abandoned): forget it, time it."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        key = (job.kind, job.engine)
+        hist = self.job_seconds.get(key)
+        if hist is None:
+            hist = self.job_seconds[key] = DurationHistogram(JOB_SECONDS_BUCKETS)
+        hist.observe(time.monotonic() - job.started)
 
     def current_job_id(self) -> str | None:
         """The oldest running job, for the heartbeat's single ``currentJobId``."""

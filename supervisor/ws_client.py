@@ -50,6 +50,9 @@ wire_log.addFilter(_RedactAuthorization())
 CONNECT_TIMEOUT_S: Final = 15.0
 READ_IDLE_TIMEOUT_S: Final = 20.0
 CLOSE_TIMEOUT_S: Final = 5.0
+# After our close frame is out, wait this long for the studio's reply before dropping TCP.
+# The Rust worker does not wait for it at all; one second keeps the handshake polite.
+CLOSE_HANDSHAKE_WAIT_S: Final = 1.0
 UPGRADE_BODY_MAX_CHARS: Final = 300
 MAX_FRAME_BYTES: Final = 64 * 2**20
 
@@ -89,7 +92,7 @@ class StudioSocket:
                     subprotocols=[Subprotocol(SUBPROTOCOL)],
                     open_timeout=None,
                     ping_interval=None,
-                    close_timeout=CLOSE_TIMEOUT_S,
+                    close_timeout=CLOSE_HANDSHAKE_WAIT_S,
                     max_size=MAX_FRAME_BYTES,
                     user_agent_header=None,
                     logger=wire_log,

@@ -329,3 +329,23 @@ async def test_llm_result_round_trip(tmp_path):
         assert done.json["choices"][0]["message"]["content"].startswith("[synthetic] reply")
         assert done.payload is None
         assert run.slot.jobs_done == 1
+
+
+async def test_a_caller_that_gives_up_cancels_the_job_on_the_host(tmp_path):
+    async with running_pool(tmp_path, faults="slow-job=30") as run:
+        await run.ready()
+        slot = run.slot
+        pid = slot.pid
+        reserved = run.pool.reserve("synthetic")
+        assert reserved is slot
+        # Cancelled at once: RunJob and CancelJob leave back to back, and the cancel must
+        # not be lost however the host's threads interleave with it.
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await run.pool.execute(slot, run_job("cancel-1", "synthetic-slow"))
+        assert scope.cancelled_caught
+        assert slot.state is SlotState.BUSY, "busy until the host says the job is over"
+        await run.wait_until(lambda: slot.state is SlotState.READY, 3.0, "the job cancelled")
+        assert slot.pid == pid
+        assert slot.restarts == 0
+        succeeded(await run.run_one(run_job("after-cancel")))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Final
 
@@ -42,6 +43,21 @@ _WORDS: Final = (
 )  # fmt: skip
 
 CACHE_DIR: Final = Path(__file__).resolve().parents[2] / ".test-cache"
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The transformer's shape. ``f16`` stores the 2-D weights as float16 (half the file,
+    and the type real models use); the default model is all float32."""
+
+    n_embd: int = N_EMBD
+    n_head: int = N_HEAD
+    n_layer: int = N_LAYER
+    n_ff: int = N_FF
+    f16: bool = False
+
+
+TINY: Final = Dims()
 
 
 def _vocabulary() -> tuple[list[str], list[float], list[int]]:
@@ -75,8 +91,13 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def _cache_key(chat_template: str | None, n_ctx_train: int, seed: int, add_bos: bool) -> str:
-    spec = json.dumps([_FORMAT_VERSION, chat_template, n_ctx_train, seed, add_bos])
+def _cache_key(
+    chat_template: str | None, n_ctx_train: int, seed: int, add_bos: bool, dims: Dims
+) -> str:
+    fields: list[object] = [_FORMAT_VERSION, chat_template, n_ctx_train, seed, add_bos]
+    if dims != TINY:  # the default model keeps the key it always had
+        fields.append(list(astuple(dims)))
+    spec = json.dumps(fields)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -87,13 +108,15 @@ def write_tiny_llama(
     n_ctx_train: int = 512,
     seed: int = 0,
     add_bos: bool = True,
+    dims: Dims = TINY,
 ) -> Path:
     """Write the model to ``path`` (a copy of the cached file) and return ``path``.
 
-    ``chat_template=None`` writes a model without ``tokenizer.chat_template``.
+    ``chat_template=None`` writes a model without ``tokenizer.chat_template``; ``dims``
+    makes a bigger (or differently shaped) model, e.g. for benchmarks.
     """
     cached = cached_tiny_llama(
-        chat_template=chat_template, n_ctx_train=n_ctx_train, seed=seed, add_bos=add_bos
+        chat_template=chat_template, n_ctx_train=n_ctx_train, seed=seed, add_bos=add_bos, dims=dims
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(cached.read_bytes())
@@ -106,42 +129,53 @@ def cached_tiny_llama(
     n_ctx_train: int = 512,
     seed: int = 0,
     add_bos: bool = True,
+    dims: Dims = TINY,
 ) -> Path:
     """The cached model for these parameters, generating it on first use."""
-    key = _cache_key(chat_template, n_ctx_train, seed, add_bos)
+    key = _cache_key(chat_template, n_ctx_train, seed, add_bos, dims)
     target = CACHE_DIR / f"tiny-llama-{key}.gguf"
     if target.is_file():
         return target
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so a parallel run never sees half a file.
     partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    _generate(partial, chat_template, n_ctx_train, seed, add_bos)
-    partial.replace(target)
+    try:
+        _generate(partial, chat_template, n_ctx_train, seed, add_bos, dims)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 
 def _generate(
-    path: Path, chat_template: str | None, n_ctx_train: int, seed: int, add_bos: bool
+    path: Path,
+    chat_template: str | None,
+    n_ctx_train: int,
+    seed: int,
+    add_bos: bool,
+    dims: Dims = TINY,
 ) -> None:
     tokens, scores, types = _vocabulary()
     n_vocab = len(tokens)
     rng = np.random.default_rng(seed)
+    n_embd, n_ff = dims.n_embd, dims.n_ff
+    matrix_type = np.float16 if dims.f16 else np.float32
 
     def weights(*shape: int, scale: float = 0.08) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
+        return (rng.standard_normal(shape) * scale).astype(matrix_type)
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-llama-test")
     writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(N_EMBD)
-    writer.add_block_count(N_LAYER)
-    writer.add_feed_forward_length(N_FF)
-    writer.add_head_count(N_HEAD)
-    writer.add_head_count_kv(N_HEAD)
-    writer.add_rope_dimension_count(N_EMBD // N_HEAD)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(dims.n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(dims.n_head)
+    writer.add_head_count_kv(dims.n_head)
+    writer.add_rope_dimension_count(n_embd // dims.n_head)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dims.f16 else gguf.LlamaFileType.ALL_F32)
 
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -157,17 +191,17 @@ def _generate(
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 
-    writer.add_tensor("token_embd.weight", weights(n_vocab, N_EMBD, scale=1.0))
-    for i in range(N_LAYER):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    writer.add_tensor("token_embd.weight", weights(n_vocab, n_embd, scale=1.0))
+    for i in range(dims.n_layer):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", weights(N_EMBD, N_EMBD))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(N_FF, N_EMBD))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(N_FF, N_EMBD))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(N_EMBD, N_FF))
-    writer.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    writer.add_tensor("output.weight", weights(n_vocab, N_EMBD, scale=1.0))
+            writer.add_tensor(f"blk.{i}.{name}.weight", weights(n_embd, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(n_embd, n_ff))
+    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor("output.weight", weights(n_vocab, n_embd, scale=1.0))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

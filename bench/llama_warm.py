@@ -1,0 +1,305 @@
+"""What keeping the llama model warm buys, and what the process boundary costs per token.
+
+Not a test: it prints a table and two ratios, measured side by side in one run on a
+generated random-weight llama GGUF (``tests.models.tiny_llama`` with bigger dims, float16,
+~200 MB by default), greedy decoding, a fixed number of tokens (the prompt is chosen so
+the model does not stop early, and every job is checked to have generated exactly that).
+
+(a) warm reuse: on a freshly started engine host (``EnginePool``, a real llama host
+    subprocess, ZeroMQ), job 1 (load + generate) against job 2 (generate only), both the
+    same short job. Measured twice: with the model file evicted from the page cache first
+    (``posix_fadvise(DONTNEED)``: the first job after boot, or after other models pushed
+    it out) and with the file already cached (llama.cpp mmaps the weights, so on a CPU
+    build a cached "load" is nearly free). Target: job 2 / job 1 <= 0.3.
+(b) throughput: tokens/s of a long greedy job through the worker (whole job, wall clock
+    at the pool: IPC, per-token progress messages, result JSON) against tokens/s calling
+    llama-cpp-python directly in this process with the same model, context, batch and
+    sampler settings, alternated round by round. Target: worker / direct >= 0.97.
+
+    .venv/bin/python bench/llama_warm.py [--tokens 256] [--rounds 3] [--n-embd 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import llama_cpp
+
+from engines.llm_core import effective_context
+from protocol import ipc
+from protocol.tasks import ChatMessage, LlmTask, ModelCliDefaults, ModelFile, ModelSource
+from supervisor.job_outcome import JobSucceeded
+from supervisor.pool import EnginePool
+from supervisor.pool_settings import PoolSettings
+from supervisor.slot_spec import parse_engines
+from tests.models.tiny_llama import Dims, cached_tiny_llama
+
+MODEL_FILE = "bench-llama.gguf"
+N_CTX = 2048
+SHORT_TOKENS = 16
+TARGET_WARM = 0.3
+TARGET_TPS = 0.97
+PROMPTS = (
+    "hello",
+    "tell me the answer",
+    "red green blue",
+    "yes or no",
+    "the system says ok",
+    "assistant, hello",
+)
+# The engine's sampler chain for a greedy job (engines.llama._generate).
+GREEDY: dict[str, Any] = {
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "temp": 0.0,
+    "repeat_penalty": 1.0,
+}
+
+
+@dataclass
+class Bench:
+    root: Path
+    model: Path
+    source: ModelSource
+    n_ctx: int
+
+
+def chat(text: str, max_tokens: int) -> LlmTask:
+    return LlmTask(messages=[ChatMessage("user", text)], max_tokens=max_tokens, temperature=0.0)
+
+
+def chatml(text: str) -> bytes:
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n".encode()
+
+
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (clean pages of an unmapped file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+# --- direct llama-cpp-python -------------------------------------------------------------------
+
+
+class Direct:
+    """The model loaded in this process, driven the way the engine drives it."""
+
+    def __init__(self, path: Path, n_ctx: int) -> None:
+        self.llama = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=min(512, n_ctx),
+            n_gpu_layers=-1,
+            verbose=False,
+        )
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+
+    def generate(self, text: str, n: int) -> int:
+        """Greedy tokens until ``n`` or an end-of-generation token; returns the count."""
+        tokens = self.llama.tokenize(chatml(text), add_bos=True, special=True)
+        self.llama.set_seed(1234)
+        self.llama.reset()  # type: ignore[no-untyped-call]
+        count = 0
+        stream = self.llama.generate(tokens, reset=True, **GREEDY)
+        try:
+            for token in stream:
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                    break
+                count += 1
+                if count >= n:
+                    break
+        finally:
+            stream.close()
+        return count
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+def pick_prompt(direct: Direct, n: int) -> str:
+    for text in PROMPTS:
+        if direct.generate(text, n) == n:
+            return text
+    raise SystemExit(f"every prompt made the model stop before {n} tokens; try other dims")
+
+
+# --- through the worker ----------------------------------------------------------------------
+
+
+async def run_job(pool: EnginePool, job_id: str, task: LlmTask, source: ModelSource) -> float:
+    slot = pool.reserve("llama")
+    assert slot is not None, "the llama slot is busy"
+    started = time.perf_counter()
+    outcome = await pool.execute(slot, ipc.RunJob(job_id, "bench", task, source, 600.0))
+    elapsed = time.perf_counter() - started
+    if not isinstance(outcome, JobSucceeded):
+        raise SystemExit(f"job {job_id} failed: {outcome!r}")
+    assert outcome.json is not None
+    usage = outcome.json["usage"]
+    if usage["completion_tokens"] != task.max_tokens:
+        raise SystemExit(f"job {job_id} generated {usage['completion_tokens']} tokens")
+    return elapsed
+
+
+@dataclass
+class PoolRun:
+    first_s: float
+    second_s: float
+    worker_s: list[float]
+    direct_s: list[float]
+
+
+async def with_pool(
+    bench: Bench, prompt: str, *, cold: bool, tokens: int, rounds: int, direct: Direct | None
+) -> PoolRun:
+    pool = EnginePool(
+        parse_engines("llama", with_synthetic=False), PoolSettings(models_root=bench.root)
+    )
+    worker_s: list[float] = []
+    direct_s: list[float] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(pool.serve)
+        if not await pool.wait_ready(120):
+            raise SystemExit("the llama engine host did not become ready")
+        if cold:
+            evict(bench.model)
+        short = chat(prompt, SHORT_TOKENS)
+        first = await run_job(pool, "first", short, bench.source)
+        second = await run_job(pool, "second", short, bench.source)
+        if direct is not None:
+            long_task = chat(prompt, tokens)
+            for i in range(rounds):
+                worker_s.append(await run_job(pool, f"long-{i}", long_task, bench.source))
+                started = time.perf_counter()
+                made = await anyio.to_thread.run_sync(direct.generate, prompt, tokens)
+                direct_s.append(time.perf_counter() - started)
+                assert made == tokens, made
+        await pool.drain(30)
+        tg.cancel_scope.cancel()
+    return PoolRun(first, second, worker_s, direct_s)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def prepare(root: Path, dims: Dims) -> Bench:
+    cached = cached_tiny_llama(n_ctx_train=N_CTX, dims=dims)
+    dest = root / "llm" / MODEL_FILE
+    dest.parent.mkdir(parents=True)
+    try:
+        dest.hardlink_to(cached)
+    except OSError:
+        dest.write_bytes(cached.read_bytes())
+    size = dest.stat().st_size
+    # Present at the llama layout's path, so provisioning never fetches the (unused) URL.
+    file = ModelFile("model", f"http://127.0.0.1:9/{MODEL_FILE}", MODEL_FILE, approx_bytes=size)
+    source = ModelSource("llama-cpp", [file], ModelCliDefaults(1.0, 8, 512, 512, N_CTX))
+    return Bench(root, dest, source, effective_context(N_CTX, N_CTX))
+
+
+def median(samples: Sequence[float]) -> float:
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n-embd", type=int, default=1024)
+    parser.add_argument("--n-layer", type=int, default=8)
+    parser.add_argument("--n-ff", type=int, default=2816)
+    args = parser.parse_args()
+    dims = Dims(n_embd=args.n_embd, n_head=16, n_layer=args.n_layer, n_ff=args.n_ff, f16=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-llama-") as tmp:
+        bench = prepare(Path(tmp), dims)
+        size_mb = bench.model.stat().st_size / 1e6
+        # (a) cold first: nothing in this process maps the file yet, so eviction works.
+        cold = anyio.run(
+            lambda: with_pool(bench, PROMPTS[0], cold=True, tokens=0, rounds=0, direct=None)
+        )
+        direct = Direct(bench.model, bench.n_ctx)
+        try:
+            prompt = pick_prompt(direct, args.tokens)
+            warm = anyio.run(
+                lambda: with_pool(
+                    bench, prompt, cold=False, tokens=args.tokens, rounds=args.rounds, direct=direct
+                )
+            )
+        finally:
+            direct.close()
+
+    report(args, dims, size_mb, prompt, cold, warm)
+
+
+def report(
+    args: argparse.Namespace, dims: Dims, size_mb: float, prompt: str, cold: PoolRun, warm: PoolRun
+) -> None:
+    ms = 1000.0
+    print(
+        f"model: llama n_embd={dims.n_embd} n_layer={dims.n_layer} n_ff={dims.n_ff} f16, "
+        f"{size_mb:.0f} MB, n_ctx={N_CTX}; prompt {prompt!r}; greedy; "
+        f"llama-cpp-python {llama_cpp.__version__}; {os.cpu_count()} CPUs"
+    )
+    print()
+    print(
+        f"{'(a) short job, ' + str(SHORT_TOKENS) + ' tokens':44} {'job 1 ms':>10} {'job 2 ms':>10} {'2 / 1':>7}"
+    )
+    for name, run in (
+        ("model file evicted from page cache", cold),
+        ("model file in page cache", warm),
+    ):
+        ratio = run.second_s / run.first_s
+        print(f"  {name:42} {run.first_s * ms:10.1f} {run.second_s * ms:10.1f} {ratio:7.3f}")
+    print()
+    print(
+        f"{'(b) ' + str(args.tokens) + ' tokens, ' + str(args.rounds) + ' rounds':44} {'median ms':>10} {'tok/s':>10}"
+    )
+    w, d = median(warm.worker_s), median(warm.direct_s)
+    print(
+        f"  {'through the worker (pool, host process)':42} {w * ms:10.1f} {args.tokens / w:10.1f}"
+    )
+    print(f"  {'llama-cpp-python directly, in process':42} {d * ms:10.1f} {args.tokens / d:10.1f}")
+    print(f"  worker rounds ms: {', '.join(f'{s * ms:.0f}' for s in warm.worker_s)}")
+    print(f"  direct rounds ms: {', '.join(f'{s * ms:.0f}' for s in warm.direct_s)}")
+    print()
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    cold_ratio = cold.second_s / cold.first_s
+    warm_ratio = warm.second_s / warm.first_s
+    tps_ratio = d / w
+    print(
+        f"(a) second job / first job: {cold_ratio:.3f} (cold page cache), "
+        f"{warm_ratio:.3f} (cached file)  target <= {TARGET_WARM}: "
+        f"{verdict(cold_ratio <= TARGET_WARM)} / {verdict(warm_ratio <= TARGET_WARM)}"
+    )
+    print(
+        f"(b) tokens/s worker / direct: {tps_ratio:.3f}  target >= {TARGET_TPS}: "
+        f"{verdict(tps_ratio >= TARGET_TPS)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
