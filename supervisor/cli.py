@@ -193,6 +193,72 @@ def resume(ctx: typer.Context) -> None:
     _run(lambda: commands.control(path, "resume"))
 
 
+ScopeOption = Annotated[
+    bool,
+    typer.Option(
+        "--user/--system",
+        help="A user service (~/.config/systemd/user, no root) or a system service "
+        "(/etc/systemd/system, a dedicated `studio-worker` user; needs root).",
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Print the unit and the commands; change nothing.")
+]
+
+
+@app.command("install-service")
+def install_service(
+    ctx: typer.Context,
+    user: ScopeOption = True,
+    engines: Annotated[
+        str | None,
+        typer.Option(
+            "--engines", metavar="LIST", help="Passed to `start`; default: the config's engines."
+        ),
+    ] = None,
+    dry_run: DryRunOption = False,
+    service_user: Annotated[
+        str, typer.Option("--service-user", help="Account of a --system service.")
+    ] = "studio-worker",
+    exec_path: Annotated[
+        Path | None,
+        typer.Option("--exec-path", metavar="PATH", help="The `supervisor` script to run."),
+    ] = None,
+) -> None:
+    """Install and start a systemd service running `supervisor start` (prints each command)."""
+    from supervisor.service_commands import install_service as install
+
+    options = ctx.ensure_object(GlobalOptions)
+    try:
+        code = install(
+            scope="user" if user else "system",
+            config_path=options.config_path,
+            explicit_config=options.explicit_config,
+            engines=engines,
+            dry_run=dry_run,
+            echo=typer.echo,
+            service_user=service_user,
+            exec_path=exec_path,
+        )
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command("uninstall-service")
+def uninstall_service(user: ScopeOption = True, dry_run: DryRunOption = False) -> None:
+    """Stop, disable and remove the systemd service (config, credentials, models stay)."""
+    from supervisor.service_commands import uninstall_service as uninstall
+
+    try:
+        code = uninstall(scope="user" if user else "system", dry_run=dry_run, echo=typer.echo)
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
 studio_app = typer.Typer(help="Run and operate a local studio (self-hosting, trying the worker).")
 app.add_typer(studio_app, name="studio")
 StudioUrl = Annotated[str, typer.Option("--studio", metavar="URL", help="Local studio base URL.")]

@@ -138,6 +138,7 @@ def set_paused(state: WorkerState, paused: bool) -> str:
     if state.paused == paused:
         return "already paused" if paused else "not paused"
     state.paused = paused
+    state.nudge()
     if paused:
         log.info("claiming paused by operator; new offers are rejected until resumed")
         return "paused: new offers are rejected until `supervisor resume`"

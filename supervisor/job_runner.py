@@ -86,6 +86,13 @@ class JobRunner:
         match decision:
             case RejectOffer():
                 self.state.job_outcomes[f"rejected_{decision.code}"] += 1
+                log.info(
+                    "rejecting offer %s code=%s: %s",
+                    job_id,
+                    decision.code,
+                    decision.reason,
+                    extra={"job_id": job_id},
+                )
                 await self._send_or_log(
                     Reject(job_id=job_id, reason=decision.reason, code=decision.code),
                     "reject",

@@ -108,6 +108,7 @@ class Supervisor:
         self.state = WorkerState()
         self.logs = LogShipQueue()
         self.pool = EnginePool(self.specs, pool_settings(cfg, opts))
+        self.pool.add_listener(self.state.nudge)
         self.stop = anyio.Event()
         self.stop_reason = "session ended"
         self.initial_config = cfg

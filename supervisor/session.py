@@ -183,6 +183,7 @@ class StudioSession:
         d = self.deps
         await d.stop.wait()
         d.state.shutting_down = True
+        d.state.nudge()
         running = len(d.state.jobs)
         log.info("stop requested; no new offers, waiting for %d running job(s)", running)
         with anyio.move_on_after(d.timings.drain_grace_s):
@@ -196,18 +197,25 @@ class StudioSession:
         await self._ship_logs_once(runner.sock)
 
     async def _heartbeat_pump(self, sock: StudioSocket) -> None:
+        """Every 5 s, and at once when what we advertise changes (a slot came back, pause,
+        resume): the studio only offers again after a heartbeat, so telling it early saves
+        a whole interval after every host restart."""
         d = self.deps
         next_tick = time.monotonic()
+        last: tuple[bytes, str | None] | None = None
         while True:
-            frame = Heartbeat(
-                capabilities=self.capabilities(), current_job_id=d.state.current_job_id()
-            )
-            await sock.send(frame)
-            # Missed ticks are skipped, never sent in a burst.
+            caps, job = self.capabilities(), d.state.current_job_id()
+            snapshot = (studio.encode_json(caps), job)
             now = time.monotonic()
-            while next_tick <= now:
-                next_tick += d.timings.heartbeat_s
-            await anyio.sleep(next_tick - now)
+            if now >= next_tick or snapshot != last:
+                await sock.send(Heartbeat(capabilities=caps, current_job_id=job))
+                last = snapshot
+                # Missed ticks are skipped, never sent in a burst.
+                while next_tick <= now:
+                    next_tick += d.timings.heartbeat_s
+            changed = d.state.changed
+            with anyio.move_on_after(max(0.0, next_tick - time.monotonic())):
+                await changed.wait()
 
     async def _log_shipper(self, sock: StudioSocket) -> None:
         while True:

@@ -59,7 +59,19 @@ def live_lines(report: StatusReport) -> list[str]:
             f"  job {job.job_id} {job.kind} model={job.model} slot={job.slot} "
             f"{job.phase}{progress} {job.running_s:.1f}s"
         )
-    header = f"  {'SLOT':<24}{'STATE':<12}{'PID':<9}{'JOBS':<6}{'RESTARTS':<10}{'RSS':<10}{'VRAM':<10}JOB"
+    header = "  " + "".join(
+        f"{title:<{width}}"
+        for title, width in (
+            ("SLOT", 24),
+            ("STATE", 12),
+            ("PID", 9),
+            ("JOBS", 6),
+            ("RESTARTS", 10),
+            ("RSS", 10),
+            ("VRAM", 10),
+            ("JOB", 0),
+        )
+    )
     lines.append("slots:")
     lines.append(header)
     for s in report.slots:

@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import anyio
+
 from supervisor.session_state import SessionEvent, SessionLifecycle, SessionPhase
 from supervisor.stats import JOB_SECONDS_BUCKETS, DurationHistogram
 
@@ -39,6 +41,12 @@ class WorkerState:
         self.sessions_welcomed = 0
         # outcome -> count: done, failed_retryable, failed_final, rejected_busy, rejected_paused
         self.job_outcomes: Counter[str] = Counter()
+        self.changed = anyio.Event()
+
+    def nudge(self) -> None:
+        """Something the heartbeat advertises may have changed (slots, pause)."""
+        self.changed.set()
+        self.changed = anyio.Event()
         # (kind, engine) -> how long accepted jobs took, accept to result delivered
         self.job_seconds: dict[tuple[str, str], DurationHistogram] = {}
 

@@ -100,9 +100,15 @@ class LineLog:
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.snapshot()[-n:])
 
-    def finish(self, timeout_s: float = 10.0) -> None:
+    def finish(self, timeout_s: float = 10.0) -> bool:
+        """Wait for EOF and close the stream; False if the pipe is still held open (by a
+        process left behind), in which case it stays open: closing a stream another thread
+        is reading would block."""
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            return False
         self._stream.close()
+        return True
 
 
 @dataclass
@@ -192,9 +198,7 @@ class Processes:
     def stop(self, proc: Proc, *, sig: int = signal.SIGTERM) -> int:
         """Signal ``proc`` and wait for it; returns its exit status."""
         proc.signal(sig)
-        code = proc.wait()
-        proc.log.finish()
-        return code
+        return proc.wait()
 
     def close(self) -> None:
         problems: list[str] = []
@@ -213,10 +217,12 @@ class Processes:
                     f"{proc.name} exited with {code} (expected {sorted(proc.expected_codes)}); "
                     f"output tail:\n{proc.log.tail()}"
                 )
-            proc.log.finish()
         leftovers = self._reap_descendants()
         if leftovers:
             problems.append(f"processes left behind (killed now): {leftovers}")
+        for proc in self.procs:
+            if not proc.log.finish():
+                problems.append(f"the output pipe of {proc.name} is still open")
         if problems:
             pytest.fail("\n".join(problems))
 

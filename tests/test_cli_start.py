@@ -70,7 +70,7 @@ async def test_sigterm_drains_the_job_then_closes_1000_and_status_works(tmp_path
     config = tmp_path / "config.toml"
     async with running_peer() as peer:
         write_config(config, peer.base_url)
-        proc = start_process(config, "--faults", "slow-job=7")
+        proc = start_process(config, "--faults", "slow-job=2")
         try:
             conn = await peer.next_connection(timeout_s=30)
             await conn.handshake()

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from engines.synthetic import synthetic_image, synthetic_llm, synthetic_stt, synthetic_tts
-from localstudio.api_types import JobView, WorkerView
+from localstudio.api_types import JobStatusName, JobView, WorkerView
 from localstudio.client import LocalStudioClient
 from protocol.tasks import (
     AudioSttTask,
@@ -170,7 +170,7 @@ def test_registration_waits_for_operator_approval_then_serves(
 
 def test_every_kind_round_trips(studio: StudioProcess, make_supervisor: SupervisorFactory) -> None:
     client = studio.client
-    sup = make_supervisor(studio)
+    sup = make_supervisor(studio, "--log-format", "json")
     sup.wait_welcomed()
     stt_url = "https://assets.example/" + "clip-" * 40 + ".wav"
     tasks: dict[str, Task] = {
@@ -230,6 +230,11 @@ def test_every_kind_round_trips(studio: StudioProcess, make_supervisor: Supervis
     assert transcript.result["language"] == "nl"
     assert transcript.prompt == stt_url
 
+    # Binary results went by multipart upload, JSON ones by completeJson on the socket.
+    for name in ("png", "webp", "tts", "video"):
+        sup.proc.log.wait_for(f"binary upload ok job {jobs[name].id} ", 10)
+    for name in ("llm", "stt"):
+        sup.proc.log.wait_for(f'"json result sent [^"]*", "job_id": "{jobs[name].id}"', 10)
     outcomes = job_outcomes(sup.status())
     assert outcomes.get("done") == len(tasks)
 
@@ -310,7 +315,8 @@ def test_slow_job_keeps_the_second_job_queued_then_both_done(
     sup = make_supervisor(studio, "--faults", "slow-job=1.5")
     sup.wait_welcomed()
     slow = submit(client, llm("slow"), model="synthetic-slow")
-    client.wait_for_job(slow.id, until=("claimed",), timeout_s=JOB_TIMEOUT_S)
+    claimed: tuple[JobStatusName, ...] = ("claimed",)
+    client.wait_for_job(slow.id, until=claimed, timeout_s=JOB_TIMEOUT_S)
     second = submit(client, llm("waits its turn"))
     assert client.get_job(second.id).status == "queued"  # one slot, one job in flight
     assert wait_done(client, slow).status == "done"
