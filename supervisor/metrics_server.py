@@ -129,8 +129,17 @@ class MetricsServer:
                     head = await _read_head(stream)
                 response, head_only = self._answer(head)
                 await stream.send(response.encode(head_only=head_only))
-            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            except (
+                TimeoutError,
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                OSError,
+            ):
                 return  # the client went away or never finished its request
+            except Exception:
+                # A bug here costs this connection, never the supervisor's task group.
+                log.exception("metrics connection failed")
 
     def _answer(self, head: bytes | None) -> tuple[Response, bool]:
         if head is None:

@@ -66,7 +66,7 @@ def live_lines(report: StatusReport) -> list[str]:
             ("STATE", 12),
             ("PID", 9),
             ("JOBS", 6),
-            ("RESTARTS", 10),
+            ("RESTARTS", 14),
             ("RSS", 10),
             ("VRAM", 10),
             ("JOB", 0),
@@ -79,7 +79,7 @@ def live_lines(report: StatusReport) -> list[str]:
         restarts = f"{s.restarts}" + (f" ({causes})" if causes else "")
         state = s.state + (f" {s.parked_for_s:.0f}s" if s.parked_for_s is not None else "")
         lines.append(
-            f"  {s.slot:<24}{state:<12}{s.pid or '-'!s:<9}{s.jobs_done:<6}{restarts:<10}"
+            f"  {s.slot:<24}{state:<12}{s.pid or '-'!s:<9}{s.jobs_done:<6}{restarts:<14}"
             f"{_mib(s.rss_bytes):<10}{_mib(s.vram_bytes):<10}{s.job_id or '-'}"
         )
         if s.last_exit:

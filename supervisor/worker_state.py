@@ -41,14 +41,14 @@ class WorkerState:
         self.sessions_welcomed = 0
         # outcome -> count: done, failed_retryable, failed_final, rejected_busy, rejected_paused
         self.job_outcomes: Counter[str] = Counter()
+        # (kind, engine) -> how long accepted jobs took, accept to result delivered
+        self.job_seconds: dict[tuple[str, str], DurationHistogram] = {}
         self.changed = anyio.Event()
 
     def nudge(self) -> None:
         """Something the heartbeat advertises may have changed (slots, pause)."""
         self.changed.set()
         self.changed = anyio.Event()
-        # (kind, engine) -> how long accepted jobs took, accept to result delivered
-        self.job_seconds: dict[tuple[str, str], DurationHistogram] = {}
 
     @property
     def phase(self) -> SessionPhase:

@@ -19,6 +19,7 @@ from supervisor.errors import MetricsListenError
 from supervisor.metrics_server import parse_listen
 from supervisor.runtime import StartOptions, Supervisor
 from supervisor.stats import DurationHistogram, ProgressStats
+from supervisor.worker_state import ActiveJob, WorkerState
 from tests.studio_peer import PeerConnection, running_peer
 from tests.supervisor_harness import FAST, RunningSupervisor, running_supervisor, write_config
 from tests.test_session import image_task, llm_task, offer
@@ -259,3 +260,15 @@ def test_progress_stats_count_download_growth_and_time_loads():
     # The same file in another job is a new download.
     stats.observe(ipc.Progress("j4", "downloading", 250, 250, "model.gguf"), 0.0)
     assert stats.download_bytes == 550
+
+
+async def test_job_durations_are_recorded_per_kind_and_engine_and_kept():
+    state = WorkerState()
+    state.jobs["j1"] = ActiveJob("j1", "image", "m", "sdcpp", "sdcpp-gpu0-0")
+    state.nudge()  # capability changes must not touch the history
+    state.finish_job("j1")
+    state.finish_job("j1")  # a second end of the same job is not a second job
+    state.nudge()
+    assert list(state.job_seconds) == [("image", "sdcpp")]
+    assert state.job_seconds["image", "sdcpp"].count == 1
+    assert "j1" not in state.jobs
