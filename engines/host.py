@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, assert_never
 
+import msgspec
 import zmq
 
 from engines.base import BinaryResult, Engine, JobContext, JsonResult, LogFn, ProgressFn
@@ -324,4 +325,19 @@ class EngineHost:
             return ipc.decode_supervisor(frames[0])
         except ipc.IpcDecodeError as exc:
             log.error("refused a message from the supervisor: %s", exc)
+            self._refuse_undecodable_job(dealer, frames[0], str(exc))
             return None
+
+    @staticmethod
+    def _refuse_undecodable_job(dealer: zmq.Socket[bytes], data: bytes, error: str) -> None:
+        """A run message we cannot decode still names its job: fail it at once rather
+        than leave the supervisor waiting for the job's deadline."""
+        try:
+            raw = msgspec.msgpack.decode(data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(raw, dict) and raw.get("t") == "run" and isinstance(raw.get("job_id"), str):
+            failed = ipc.JobFailed(
+                raw["job_id"], f"engine host refused the job: {error}", False, ipc.REASON_BAD_INPUT
+            )
+            dealer.send(ipc.encode(failed))

@@ -250,8 +250,9 @@ async def test_images_are_uploaded_reproducibly_on_a_warm_model_with_step_progre
 
 
 async def test_a_native_crash_mid_job_fails_retryable_then_poison_and_the_session_survives(
-    tmp_path: Path, models: Models
+    tmp_path: Path, models: Models, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="engines.sdcpp")
     lora_url = models.server.add("/loras/broken.safetensors", Route(mismatched_lora()))
     crashing = models.source(ModelFile("lora", lora_url, "broken.safetensors"))
     task = image_task("c", prompt="a fox <lora:broken:1>")
@@ -269,6 +270,10 @@ async def test_a_native_crash_mid_job_fails_retryable_then_poison_and_the_sessio
         assert fail.retryable is True
         assert "killed by SIGABRT" in fail.error and "job-crash" in fail.error, fail.error
         assert len(models.server.requests("/loras/broken.safetensors")) == 1
+        # The host's stderr (read by the supervisor) names the native fault.
+        assert any(
+            "GGML_ASSERT(ggml_can_mul_mat(a, b)) failed" in r.getMessage() for r in caplog.records
+        )
 
         # A new host comes up; the studio session never noticed: same socket, heartbeats on.
         assert await slot.wait_ready(JOB_TIMEOUT_S)
