@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 BUILD_VARIANT: Final = "cpu"
 START_HINT: Final = "run `supervisor start` to auto-register"
 
-_REGISTRATION_FIELDS: Final = (
+REGISTRATION_FIELDS: Final = (
     "worker_id",
     "auth_token",
     "registration_request_id",
@@ -47,7 +47,7 @@ def register(cfg_path: Path, *, api_base_url: str | None = None, reset: bool = F
         normalize_base_url(api_base_url)
         cfg = cfg.replace(api_base_url=api_base_url)
     if reset:
-        cfg = cfg.replace(**dict.fromkeys(_REGISTRATION_FIELDS))
+        cfg = cfg.replace(**dict.fromkeys(REGISTRATION_FIELDS))
     save_config(cfg_path, cfg)
     if reset:
         return f"local registration state cleared; {START_HINT}"

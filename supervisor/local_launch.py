@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from supervisor.commands import REGISTRATION_FIELDS
 from supervisor.config import default_config_path, load_config, save_config
 from supervisor.errors import WorkerError
 
@@ -23,13 +24,6 @@ log = logging.getLogger("supervisor.local")
 
 READY_PREFIX: Final = "local studio listening on "
 START_TIMEOUT_S: Final = 30.0
-_REGISTRATION_FIELDS: Final = (
-    "worker_id",
-    "auth_token",
-    "registration_request_id",
-    "registration_secret",
-    "install_id",
-)
 
 
 class LocalStudioError(WorkerError):
@@ -87,5 +81,5 @@ def _point_config_at(config_path: Path, url: str) -> None:
     if cfg.api_base_url == base:
         return
     # A different studio (e.g. another port) means the old credentials are void there.
-    cfg = cfg.replace(api_base_url=base, **dict.fromkeys(_REGISTRATION_FIELDS))
+    cfg = cfg.replace(api_base_url=base, **dict.fromkeys(REGISTRATION_FIELDS))
     save_config(config_path, cfg)
