@@ -15,6 +15,9 @@ from typing import Any
 
 import anyio
 import jsonschema  # type: ignore[import-untyped]
+
+# The real library must be installed (scripts/install): a missing one fails, never skips.
+import llama_cpp  # noqa: F401
 import pytest
 
 from protocol import studio
@@ -24,8 +27,6 @@ from tests.models.fixtures import ModelServer, model_server
 from tests.models.tiny_llama import cached_tiny_llama
 from tests.studio_peer import PeerConnection, StudioPeer, running_peer
 from tests.supervisor_harness import RunningSupervisor, running_supervisor
-
-pytest.importorskip("llama_cpp")
 
 __all__ = ["model_server"]  # a fixture, imported for pytest
 

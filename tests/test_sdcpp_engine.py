@@ -23,8 +23,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("stable_diffusion_cpp")
-
 from engines.base import BinaryResult, JobContext
 from engines.errors import EngineError, ProvisionError, UnsupportedTask
 from engines.loader import create_engine
