@@ -188,18 +188,21 @@ async def running_peer(peer: StudioPeer | None = None) -> AsyncIterator[StudioPe
         finally:
             stopped.set()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve)
-        try:
-            yield peer
-        finally:
-            for conn in peer.connections:
-                await conn.close()
-            server.should_exit = True
-            server.force_exit = True
-            with anyio.move_on_after(5):
-                await stopped.wait()
-            tg.cancel_scope.cancel()
-    sock.close()
-    peer._send.close()
-    peer._receive.close()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            try:
+                yield peer
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for conn in peer.connections:
+                        await conn.close()
+                    server.should_exit = True
+                    server.force_exit = True
+                    with anyio.move_on_after(5):
+                        await stopped.wait()
+                tg.cancel_scope.cancel()
+    finally:
+        sock.close()
+        peer._send.close()
+        peer._receive.close()
