@@ -28,16 +28,19 @@ def format_bytes(n: int) -> str:
 class TerminalProgress:
     """Redraws ``label [####----]  42%  1.2 GiB / 2.8 GiB`` in place; ends the line at 100 %."""
 
-    def __init__(self, label: str = "", *, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, label: str = "", *, stream: TextIO | None = None, unit: str = "bytes"
+    ) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self.enabled = _is_tty(self._stream)
         self._label = label
         self._line_open = False
+        self.unit = unit  # "bytes", or a word for counted things ("steps", "tokens")
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        self._stream.write("\r" + render_line(self._label, done, total) + "\x1b[K")
+        self._stream.write("\r" + render_line(self._label, done, total, self.unit) + "\x1b[K")
         self._line_open = True
         if total > 0 and done >= total:
             self.close()
@@ -59,14 +62,19 @@ class TerminalProgress:
             self._line_open = False
 
 
-def render_line(label: str, done: int, total: int) -> str:
+def render_line(label: str, done: int, total: int, unit: str = "bytes") -> str:
     prefix = f"{label} " if label else ""
+
+    def amount(n: int) -> str:
+        return format_bytes(n) if unit == "bytes" else str(n)
+
+    suffix = "" if unit == "bytes" else f" {unit}"
     if total <= 0:
-        return f"{prefix}{format_bytes(done)}"
+        return f"{prefix}{amount(done)}{suffix}"
     fraction = min(done / total, 1.0)
     filled = int(fraction * BAR_WIDTH)
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-    return f"{prefix}[{bar}] {fraction * 100:3.0f}%  {format_bytes(done)} / {format_bytes(total)}"
+    return f"{prefix}[{bar}] {fraction * 100:3.0f}%  {amount(done)} / {amount(total)}{suffix}"
 
 
 def _is_tty(stream: TextIO | None) -> bool:

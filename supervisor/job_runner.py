@@ -16,6 +16,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
+from engines.progress_bar import TerminalProgress
 from protocol import ipc
 from protocol.studio import Accept, CompleteJson, Fail, JobOfferClaim, Reject
 from protocol.tasks import prompt_for, task_kind
@@ -245,15 +246,31 @@ class JobRunner:
         return ProgressLogger(active)
 
 
+_BAR_UNITS: Final = {"downloading": "bytes", "loading": "parts", "generating": "steps"}
+
+
 class ProgressLogger:
-    """Records progress on the job and logs it at most every 2 s (and on phase changes)."""
+    """Records progress on the job and logs it at most every 2 s (and on phase changes);
+    when a person watches the supervisor on a terminal it also draws a progress bar."""
 
     def __init__(self, active: ActiveJob) -> None:
         self.active = active
         self._logged_at = 0.0
+        self._bar: TerminalProgress | None = None
+
+    def _draw(self, msg: ipc.Progress) -> None:
+        label = f"{self.active.job_id} {msg.phase}" + (f" {msg.message}" if msg.message else "")
+        bar = self._bar
+        if bar is None or msg.phase != self.active.phase:
+            if bar is not None:
+                bar.close()
+            bar = self._bar = TerminalProgress(label, unit=_BAR_UNITS.get(msg.phase, "steps"))
+        if bar.enabled:
+            bar.file_progress(label, msg.step, msg.total)
 
     def __call__(self, msg: ipc.Progress) -> None:
         a = self.active
+        self._draw(msg)
         phase_changed = msg.phase != a.phase
         a.phase, a.step, a.total = msg.phase, msg.step, msg.total
         now = time.monotonic()
