@@ -140,8 +140,7 @@ class HostProcess:
                     # waiting out its grace only delays the SIGTERM.
                     log.debug("shutdown message to %s not sent: %s", self.identity, exc)
                 else:
-                    with anyio.move_on_after(grace_s):
-                        await self.exited.wait()
+                    await self._wait_exit(grace_s)
             if self.exit is None:
                 log.warning(
                     "engine host %s pid=%d ignored shutdown; sending SIGTERM",
@@ -149,8 +148,7 @@ class HostProcess:
                     self.pid,
                 )
                 self._signal(signal.SIGTERM)
-                with anyio.move_on_after(term_grace_s):
-                    await self.exited.wait()
+                await self._wait_exit(term_grace_s)
             if self.exit is None:
                 log.error(
                     "engine host %s pid=%d ignored SIGTERM; sending SIGKILL",
@@ -158,9 +156,16 @@ class HostProcess:
                     self.pid,
                 )
                 self._signal(signal.SIGKILL)
-                await self.exited.wait()
-        assert self.exit is not None
-        return self.exit
+        return await self.reap()
+
+    async def _wait_exit(self, timeout_s: float) -> None:
+        """Wait on the process itself, not on ``exited``: ``watch`` (which sets it) may
+        already have been cancelled by a forced shutdown."""
+        with anyio.move_on_after(timeout_s):
+            code = await self.process.wait()
+            if self.exit is None:
+                self.exit = ExitInfo(code)
+                self.exited.set()
 
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -121,14 +121,16 @@ class JobRunner:
 
     async def _accept_and_run(self, claim: JobOfferClaim, slot: Slot) -> None:
         job_id = claim.job_id
+        handed_over = False
         try:
             if not await self._send_or_log(Accept(job_id=job_id), "accept", job_id):
-                self.pool.release(slot)
                 return
             active = ActiveJob(
                 job_id, task_kind(claim.task), claim.model, slot.engine, slot.slot_id
             )
             self.state.jobs[job_id] = active
+            # No await between here and pool.execute, which takes the reservation over.
+            handed_over = True
             try:
                 await self._run(claim, slot, active)
             except Exception as exc:
@@ -142,6 +144,10 @@ class JobRunner:
             finally:
                 self.state.finish_job(job_id)
         finally:
+            # Cancelled (session ended) or refused before the hand-over: free the slot,
+            # or every later offer for this engine would be rejected busy.
+            if not handed_over:
+                self.pool.release(slot)
             self._end()
 
     async def _run(self, claim: JobOfferClaim, slot: Slot, active: ActiveJob) -> None:
@@ -181,7 +187,9 @@ class JobRunner:
         prompt = prompt_for(claim.task)
         if outcome.payload is not None:
             cfg = self.config.current()
-            assert cfg.worker_id and cfg.auth_token
+            if not (cfg.worker_id and cfg.auth_token):
+                await self._fail(job_id, "worker credentials were removed mid-job", retryable=True)
+                return
             ext = outcome.ext or "bin"
             try:
                 await self.http.upload_result(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -50,9 +52,13 @@ def local_studio(config_path: Path, port: int) -> Iterator[str]:
         str(data_dir),
         "--auto-approve",
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "studio.log"
+    # stderr goes to a file: an unread pipe would fill up and freeze the studio.
+    with log_path.open("ab") as errlog:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errlog, text=True)
     try:
-        url = _read_ready_line(proc)
+        url = _read_ready_line(proc, log_path)
         _point_config_at(config_path, url)
         log.info("local studio running at %s pid=%d data=%s", url, proc.pid, data_dir)
         yield url
@@ -63,15 +69,33 @@ def local_studio(config_path: Path, port: int) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
-def _read_ready_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # blocks until the studio prints or exits
+def _read_ready_line(proc: subprocess.Popen[str], log_path: Path) -> str:
+    """The URL from the studio's first stdout line; afterwards stdout is drained in the
+    background so the studio never blocks on it."""
+    stdout = proc.stdout
+    assert stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, name="local-studio-stdout", daemon=True).start()
+    try:
+        line = lines.get(timeout=START_TIMEOUT_S)
+    except queue.Empty:
+        line = ""
     if not line.startswith(READY_PREFIX):
-        proc.wait(timeout=START_TIMEOUT_S)
-        err = proc.stderr.read() if proc.stderr else ""
-        raise LocalStudioError(f"the local studio did not start: {err.strip()[-500:] or line}")
+        proc.kill()
+        tail = log_path.read_text(errors="replace").strip()[-500:] if log_path.exists() else ""
+        raise LocalStudioError(
+            f"the local studio did not start within {START_TIMEOUT_S:.0f} s: {tail or line}"
+        )
     return line[len(READY_PREFIX) :].split(" ", 1)[0].strip()
 
 

@@ -73,14 +73,24 @@ class SessionDeps:
     timings: SessionTimings
 
 
-def first_session_error(group: BaseExceptionGroup[BaseException]) -> SessionError | None:
+def _session_errors(group: BaseExceptionGroup[BaseException]) -> list[SessionError]:
+    found: list[SessionError] = []
     for exc in group.exceptions:
         if isinstance(exc, SessionError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = first_session_error(exc)
-            if found is not None:
-                return found
+            found.append(exc)
+        elif isinstance(exc, BaseExceptionGroup):
+            found.extend(_session_errors(exc))
+    return found
+
+
+def first_session_error(group: BaseExceptionGroup[BaseException]) -> SessionError | None:
+    """The error that decides what happens next: one that stops the worker (auth, fatal)
+    wins over a transport error raised by another pump in the same instant."""
+    errors = _session_errors(group)
+    for kind in (AuthFailed, SessionFatal, SessionError):
+        for exc in errors:
+            if isinstance(exc, kind):
+                return exc
     return None
 
 
@@ -102,7 +112,9 @@ class StudioSession:
         """Serve one session; returns after a graceful stop, raises SessionError otherwise."""
         d = self.deps
         cfg = d.config.current()
-        assert cfg.worker_id and cfg.auth_token
+        if not (cfg.worker_id and cfg.auth_token):
+            # Credentials removed while running (`register --reset`): nothing to connect as.
+            raise SessionFatal("worker_id or auth_token missing; run register")
         log.info("connecting to %s", cfg.api_base_url)
         url = build_connect_url(cfg.api_base_url, cfg.worker_id)
         sock = await StudioSocket.connect(
@@ -228,7 +240,9 @@ class StudioSession:
             return
         try:
             await sock.send(LogBatch(entries=batch))
-        except SessionTransportError:
+        except BaseException:
+            # Failed or cancelled mid-send: a possible duplicate beats losing the batch
+            # that explains the outage.
             self.deps.logs.requeue(batch)
             raise
 

@@ -243,8 +243,8 @@ class Slot:
         try:
             while not self._draining:
                 if self.state is SlotState.FAILED:
-                    assert self.parked_until is not None
-                    await self._sleep_unless_drained(self.parked_until - time.monotonic())
+                    until = self.parked_until or time.monotonic()
+                    await self._sleep_unless_drained(until - time.monotonic())
                     if self._draining:
                         break
                     self._crash_loop.reset()
@@ -279,7 +279,8 @@ class Slot:
                         self.settings.crash_loop_cooldown_s,
                         verdict.detail,
                     )
-                    self._transition(SlotEvent.PARK)
+                    if self.lifecycle.can(SlotEvent.PARK):
+                        self._transition(SlotEvent.PARK)
         finally:
             if self.lifecycle.can(SlotEvent.DRAIN):
                 self._transition(SlotEvent.DRAIN)
@@ -305,7 +306,21 @@ class Slot:
         self._rss_baseline = self._vram_baseline = None
         self._baseline_loads = -1
         self._recycle_reason = None
-        host = await HostProcess.spawn(self.spec, identity, opts)
+        try:
+            host = await HostProcess.spawn(self.spec, identity, opts)
+        except OSError as exc:
+            # Out of file descriptors, memory, a vanished interpreter: back off and retry
+            # like any crash instead of taking the supervisor down.
+            self._router.close_inbox(identity)
+            inbox.close()
+            self.last_exit = f"spawn failed: {exc}"
+            if self.state is SlotState.FAILED:
+                # Still parked: try again after another cool-down, not in a tight loop.
+                self.parked_until = time.monotonic() + self.settings.crash_loop_cooldown_s
+            log.error(
+                "could not start engine host engine=%s slot=%s: %s", self.engine, self.slot_id, exc
+            )
+            return _Verdict("spawn", f"could not be started ({exc})", True)
         self.host = host
         self._generation_started = time.monotonic()
         self._transition(SlotEvent.SPAWNED)
@@ -441,7 +456,11 @@ class Slot:
                     self._progress_at = time.monotonic()
                     self.progress_stats.observe(msg, self._progress_at)
                     if job.on_progress is not None:
-                        job.on_progress(msg)
+                        try:
+                            job.on_progress(msg)
+                        except Exception:
+                            # A display or logging failure must never take the pool down.
+                            log.exception("progress callback failed for job %s", msg.job_id)
             case ipc.JobDone():
                 self._finish_job(
                     msg.job_id,

@@ -38,7 +38,11 @@ class _RedactAuthorization(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "authorization" in message.lower():
+        lowered = message.lower()
+        if "authtoken" in lowered:
+            # A logged hello frame carries the token in its JSON.
+            record.msg, record.args = "> TEXT hello frame <redacted>", ()
+        elif "authorization" in lowered:
             head, _, _ = message.partition(":")
             record.msg, record.args = f"{head}: <redacted>", ()
         return True

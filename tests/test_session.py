@@ -374,3 +374,18 @@ async def test_secrets_never_reach_a_log(tmp_path, caplog):
     assert shipped
     for text in [r.getMessage() for r in caplog.records] + shipped:
         assert TOKEN not in text
+
+
+async def test_credentials_removed_while_running_end_the_loop_fatally(tmp_path, caplog):
+    from supervisor.commands import register
+
+    caplog.set_level(logging.INFO)
+    async with running_peer() as peer, running_supervisor(tmp_path, peer.base_url) as run:
+        conn, _ = await welcomed(peer)
+        register(run.config_path, reset=True)
+        await conn.close(1000, "")
+        assert await run.wait_exit() == 4
+        assert any(
+            "fatal: worker_id or auth_token missing; run register" in r.getMessage()
+            for r in caplog.records
+        )
