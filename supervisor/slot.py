@@ -18,7 +18,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 import anyio
@@ -29,6 +28,7 @@ from protocol import ipc
 from supervisor.host_process import ExitInfo, HostProcess, LaunchOptions
 from supervisor.ipc_router import Inbound, IpcRouter
 from supervisor.job_outcome import JobFailedOutcome, JobOutcome, JobSucceeded
+from supervisor.liveness import RunningJobTimes, Verdict, liveness_verdict
 from supervisor.policies import CrashLoopDetector, PoisonJobs, backoff_s, recycle_reason
 from supervisor.pool_settings import PoolSettings
 from supervisor.slot_spec import SlotSpec
@@ -41,15 +41,6 @@ ProgressCallback = Callable[[ipc.Progress], None]
 
 CAUSE_RECYCLE: Final = "recycle"
 CAUSE_DRAIN: Final = "drain"
-
-
-@dataclass
-class _Verdict:
-    """Why a host generation ended. ``crash`` verdicts count toward the crash loop."""
-
-    cause: str  # exit, signal, hang, deadline, stall, ready_timeout, handshake, recycle, drain
-    detail: str
-    crash: bool
 
 
 class _RunningJob:
@@ -291,7 +282,7 @@ class Slot:
         with anyio.move_on_after(max(0.0, delay)):
             await self._drain_event.wait()
 
-    async def _run_generation(self) -> _Verdict:
+    async def _run_generation(self) -> Verdict:
         self.generation += 1
         identity = f"{self.slot_id}.{self.generation}"
         inbox = self._router.open_inbox(identity)
@@ -320,11 +311,11 @@ class Slot:
             log.error(
                 "could not start engine host engine=%s slot=%s: %s", self.engine, self.slot_id, exc
             )
-            return _Verdict("spawn", f"could not be started ({exc})", True)
+            return Verdict("spawn", f"could not be started ({exc})", True)
         self.host = host
         self._generation_started = time.monotonic()
         self._transition(SlotEvent.SPAWNED)
-        verdict = _Verdict("exit", "host ended", True)
+        verdict = Verdict("exit", "host ended", True)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(host.watch, self._on_output_line)
@@ -350,7 +341,7 @@ class Slot:
         self._settle_after_loss(verdict)
         return verdict
 
-    def _leave_generation(self, verdict: _Verdict) -> None:
+    def _leave_generation(self, verdict: Verdict) -> None:
         """Move the state as soon as the verdict is in, before the host is stopped, so no
         job is handed to a host on its way out (a polite stop can take seconds)."""
         if verdict.cause == CAUSE_RECYCLE:
@@ -369,7 +360,7 @@ class Slot:
             )
             self._transition(SlotEvent.HOST_LOST)
 
-    def _settle_after_loss(self, verdict: _Verdict) -> None:
+    def _settle_after_loss(self, verdict: Verdict) -> None:
         """The host is gone: fail the job it was running, finish a drain."""
         job = self.job
         if job is not None:
@@ -382,7 +373,7 @@ class Slot:
             elif self.lifecycle.can(SlotEvent.DRAIN):
                 self._transition(SlotEvent.DRAIN)
 
-    def _failure_for_lost_job(self, job: _RunningJob, verdict: _Verdict) -> JobFailedOutcome:
+    def _failure_for_lost_job(self, job: _RunningJob, verdict: Verdict) -> JobFailedOutcome:
         job_id = job.run.job_id
         if verdict.cause == CAUSE_DRAIN:
             return JobFailedOutcome(
@@ -405,12 +396,12 @@ class Slot:
 
     async def _supervise(
         self, host: HostProcess, inbox: MemoryObjectReceiveStream[Inbound]
-    ) -> _Verdict:
-        verdicts: list[_Verdict] = []
+    ) -> Verdict:
+        verdicts: list[Verdict] = []
 
         async with anyio.create_task_group() as tg:
 
-            def decide(verdict: _Verdict) -> None:
+            def decide(verdict: Verdict) -> None:
                 if not verdicts:
                     verdicts.append(verdict)
                 tg.cancel_scope.cancel()
@@ -419,7 +410,7 @@ class Slot:
                 await host.exited.wait()
                 assert host.exit is not None
                 cause = "signal" if host.exit.signal_name else "exit"
-                decide(_Verdict(cause, f"died ({host.exit.describe()})", True))
+                decide(Verdict(cause, f"died ({host.exit.describe()})", True))
 
             async def on_messages() -> None:
                 while (item := await _next_inbound(inbox)) is not None:
@@ -439,11 +430,11 @@ class Slot:
             tg.start_soon(on_exit)
             tg.start_soon(on_messages)
             tg.start_soon(on_watchdog)
-        return verdicts[0] if verdicts else _Verdict("exit", "inbox closed", True)
+        return verdicts[0] if verdicts else Verdict("exit", "inbox closed", True)
 
     # --- inbox ----------------------------------------------------------------------------
 
-    def _handle(self, host: HostProcess, item: Inbound) -> _Verdict | None:
+    def _handle(self, host: HostProcess, item: Inbound) -> Verdict | None:
         msg = item.message
         match msg:
             case ipc.Ready():
@@ -479,15 +470,11 @@ class Slot:
                     msg.job_id or "-",
                     extra={"job_id": msg.job_id} if msg.job_id else None,
                 )
-        if self._draining:
-            return self._drain_verdict()
-        if self._recycle_reason and self.job is None and not self.reserved:
-            return _Verdict(CAUSE_RECYCLE, self._recycle_reason, False)
-        return None
+        return self._planned_verdict()
 
-    def _on_ready(self, host: HostProcess, msg: ipc.Ready) -> _Verdict | None:
+    def _on_ready(self, host: HostProcess, msg: ipc.Ready) -> Verdict | None:
         if msg.version != ipc.IPC_VERSION or not hmac.compare_digest(msg.token, host.token):
-            return _Verdict(
+            return Verdict(
                 "handshake",
                 f"sent a bad handshake (IPC version {msg.version}, expected {ipc.IPC_VERSION})",
                 True,
@@ -546,46 +533,36 @@ class Slot:
 
     # --- watchdog -------------------------------------------------------------------------
 
-    def _check_watchdog(self) -> _Verdict | None:
-        now = time.monotonic()
-        s = self.settings
+    def _check_watchdog(self) -> Verdict | None:
+        planned = self._planned_verdict()
+        if planned is not None or self._draining:
+            return planned
+        job = self.job
+        return liveness_verdict(
+            self.settings,
+            time.monotonic(),
+            ready=self.ready_info is not None,
+            spawned_at=self._generation_started,
+            host_state=self.last_heartbeat.state if self.last_heartbeat else "idle",
+            last_beat_at=self._last_beat_at,
+            job=None
+            if job is None
+            else RunningJobTimes(job.deadline, job.run.deadline_s, self._progress_at),
+        )
+
+    def _planned_verdict(self) -> Verdict | None:
+        """Drain or recycle, once the slot is between jobs."""
         if self._draining:
             return self._drain_verdict()
         if self._recycle_reason and self.job is None and not self.reserved:
-            return _Verdict(CAUSE_RECYCLE, self._recycle_reason, False)
-        if self.ready_info is None:
-            if now - self._generation_started > s.ready_timeout_s:
-                return _Verdict(
-                    "ready_timeout", f"did not report ready within {s.ready_timeout_s:g} s", True
-                )
-            return None
-        state = self.last_heartbeat.state if self.last_heartbeat else "idle"
-        if state in ("loading", "downloading"):
-            limit = s.heartbeat_timeout_loading_s
-        elif self.job is not None or state == "generating":
-            limit = s.heartbeat_timeout_busy_s
-        else:
-            limit = s.heartbeat_timeout_idle_s
-        silent = now - self._last_beat_at
-        if silent > limit:
-            return _Verdict("hang", f"stopped responding (no heartbeat for {silent:.1f} s)", True)
-        job = self.job
-        if job is not None:
-            if now > job.deadline:
-                return _Verdict(
-                    "deadline", f"ran past the job deadline of {job.run.deadline_s:g} s", True
-                )
-            if now - self._progress_at > s.stall_timeout_s:
-                return _Verdict(
-                    "stall", f"made no progress for {now - self._progress_at:.0f} s", True
-                )
+            return Verdict(CAUSE_RECYCLE, self._recycle_reason, False)
         return None
 
-    def _drain_verdict(self) -> _Verdict | None:
+    def _drain_verdict(self) -> Verdict | None:
         if self.job is None:
-            return _Verdict(CAUSE_DRAIN, "supervisor shutting down", False)
+            return Verdict(CAUSE_DRAIN, "supervisor shutting down", False)
         if self._forced:
-            return _Verdict(CAUSE_DRAIN, "was stopped before its job finished", True)
+            return Verdict(CAUSE_DRAIN, "was stopped before its job finished", True)
         if self.state is SlotState.BUSY:
             self._transition(SlotEvent.DRAIN)
         return None
