@@ -22,6 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from protocol import studio
+from protocol.tasks import ModelSource, Task
 from tests.fake_studio import Part, parse_multipart
 
 FRAME_TIMEOUT_S = 10.0
@@ -206,3 +207,26 @@ async def running_peer(peer: StudioPeer | None = None) -> AsyncIterator[StudioPe
         sock.close()
         peer._send.close()
         peer._receive.close()
+
+
+def make_offer(
+    job_id: str,
+    task: Task,
+    source: ModelSource,
+    model: str,
+    *,
+    asset_name: str = "game-1/creatures/fox",
+    vram_gb_estimate: float = 1.0,
+) -> studio.Offer:
+    """An ``offer`` frame as the studio sends it."""
+    return studio.Offer(
+        claim=studio.JobOfferClaim(
+            job_id=job_id,
+            game_id="game-1",
+            asset_name=asset_name,
+            model=model,
+            vram_gb_estimate=vram_gb_estimate,
+            task=task,
+            model_source=source,
+        )
+    )

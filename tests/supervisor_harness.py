@@ -14,6 +14,7 @@ import anyio
 from supervisor.config import WorkerConfig, save_config
 from supervisor.runtime import StartOptions, Supervisor
 from supervisor.session import SessionTimings
+from supervisor.slot import Slot
 
 TOKEN = "tok-SECRET-do-not-log-4242"
 FAST = SessionTimings(
@@ -95,3 +96,16 @@ async def running_supervisor(
             sup.stop.set()
             with anyio.fail_after(30):
                 await running.done.wait()
+
+
+def engine_slot(run: RunningSupervisor, engine: str) -> Slot:
+    """The one slot of ``engine`` in a supervisor started with a single slot of it."""
+    (slot,) = [s for s in run.sup.pool.slots if s.engine == engine]
+    return slot
+
+
+def model_loads(slot: Slot) -> int:
+    """How many times the slot's host has loaded a model (from its last heartbeat)."""
+    hb = slot.last_heartbeat
+    assert hb is not None
+    return hb.model_loads

@@ -25,8 +25,13 @@ from protocol.tasks import ChatMessage, LlmTask, ModelCliDefaults, ModelFile, Mo
 from supervisor.slot import Slot
 from tests.models.fixtures import ModelServer, model_server
 from tests.models.tiny_llama import cached_tiny_llama
-from tests.studio_peer import PeerConnection, StudioPeer, running_peer
-from tests.supervisor_harness import RunningSupervisor, running_supervisor
+from tests.studio_peer import PeerConnection, StudioPeer, make_offer, running_peer
+from tests.supervisor_harness import (
+    RunningSupervisor,
+    engine_slot,
+    model_loads,
+    running_supervisor,
+)
 
 __all__ = ["model_server"]  # a fixture, imported for pytest
 
@@ -60,28 +65,11 @@ def chat(text: str = "hello", **params: Any) -> LlmTask:
 
 
 def offer(job_id: str, task: LlmTask, src: ModelSource, model: str = MODEL) -> studio.Offer:
-    return studio.Offer(
-        claim=studio.JobOfferClaim(
-            job_id=job_id,
-            game_id="game-1",
-            asset_name="game-1/dialogue/fox",
-            model=model,
-            vram_gb_estimate=1.0,
-            task=task,
-            model_source=src,
-        )
-    )
+    return make_offer(job_id, task, src, model, asset_name="game-1/dialogue/fox")
 
 
 def llama_slot(run: RunningSupervisor) -> Slot:
-    (slot,) = [s for s in run.sup.pool.slots if s.engine == "llama"]
-    return slot
-
-
-def model_loads(slot: Slot) -> int:
-    hb = slot.last_heartbeat
-    assert hb is not None
-    return hb.model_loads
+    return engine_slot(run, "llama")
 
 
 async def welcomed(peer: StudioPeer) -> PeerConnection:

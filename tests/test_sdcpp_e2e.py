@@ -38,8 +38,13 @@ from supervisor.slot import Slot
 from supervisor.worker_state import ActiveJob
 from tests.file_server import FileServer, Route, serve_files
 from tests.models.tiny_sdxs import write_tiny_sdxs
-from tests.studio_peer import PeerConnection, StudioPeer, Upload, running_peer
-from tests.supervisor_harness import RunningSupervisor, running_supervisor
+from tests.studio_peer import PeerConnection, StudioPeer, Upload, make_offer, running_peer
+from tests.supervisor_harness import (
+    RunningSupervisor,
+    engine_slot,
+    model_loads,
+    running_supervisor,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -102,28 +107,11 @@ def image_task(job: str, **fields: object) -> ImageTask:
 
 
 def offer(job_id: str, task: ImageTask, source: ModelSource, model: str = MODEL_ID) -> studio.Offer:
-    return studio.Offer(
-        claim=studio.JobOfferClaim(
-            job_id=job_id,
-            game_id="game-1",
-            asset_name="game-1/creatures/fox",
-            model=model,
-            vram_gb_estimate=1.0,
-            task=task,
-            model_source=source,
-        )
-    )
+    return make_offer(job_id, task, source, model)
 
 
 def sdcpp_slot(run: RunningSupervisor) -> Slot:
-    (slot,) = [s for s in run.sup.pool.slots if s.engine == "sdcpp"]
-    return slot
-
-
-def model_loads(slot: Slot) -> int:
-    hb = slot.last_heartbeat
-    assert hb is not None
-    return hb.model_loads
+    return engine_slot(run, "sdcpp")
 
 
 async def welcomed(peer: StudioPeer) -> PeerConnection:

@@ -21,7 +21,7 @@ from protocol.tasks import (
 )
 from supervisor.commands import set_threshold
 from supervisor.control import ask, socket_path
-from tests.studio_peer import PeerConnection, StudioPeer, running_peer
+from tests.studio_peer import PeerConnection, StudioPeer, make_offer, running_peer
 from tests.supervisor_harness import TOKEN, running_supervisor
 
 pytestmark = pytest.mark.anyio
@@ -32,17 +32,7 @@ SYNTHETIC = ModelSource("synthetic", [], ModelCliDefaults(1.0, 8, 512, 512))
 def offer(
     job_id: str, task: Task, model: str = "synthetic", source: ModelSource = SYNTHETIC
 ) -> studio.Offer:
-    return studio.Offer(
-        claim=studio.JobOfferClaim(
-            job_id=job_id,
-            game_id="game-1",
-            asset_name="game-1/creatures/fox",
-            model=model,
-            vram_gb_estimate=4.0,
-            task=task,
-            model_source=source,
-        )
-    )
+    return make_offer(job_id, task, source, model, vram_gb_estimate=4.0)
 
 
 def image_task(prompt: str = "an aurora fox") -> ImageTask:
