@@ -38,7 +38,7 @@ from supervisor.metrics_server import MetricsServer, parse_listen
 from supervisor.policies import RecycleLimits
 from supervisor.pool import EnginePool
 from supervisor.pool_settings import PoolSettings
-from supervisor.registration import CapabilitiesFn, ensure_registered
+from supervisor.registration import ensure_registered
 from supervisor.session import SessionDeps, SessionTimings
 from supervisor.session_loop import serve_studio
 from supervisor.slot_spec import SlotSpec, parse_engines
@@ -163,7 +163,7 @@ class Supervisor:
                 cfg = await ensure_registered(
                     self.opts.config_path,
                     cfg,
-                    self._capabilities_for(cfg),
+                    self._capabilities,
                     self.stop,
                     self.opts.registration_poll_s,
                     http=http,
@@ -197,16 +197,14 @@ class Supervisor:
             return 1
         return 0
 
-    def _capabilities_for(self, cfg: WorkerConfig) -> CapabilitiesFn:
-        def build(live: WorkerConfig) -> Capabilities:
-            return build_capabilities(
-                live,
-                self.pool.models_per_kind(),
-                paused=self.state.paused,
-                max_concurrent_jobs=self.pool.capacity(),
-            )
-
-        return build
+    def _capabilities(self, cfg: WorkerConfig) -> Capabilities:
+        """What the register request advertises (registration passes the live config)."""
+        return build_capabilities(
+            cfg,
+            self.pool.models_per_kind(),
+            paused=self.state.paused,
+            max_concurrent_jobs=self.pool.capacity(),
+        )
 
     async def _wait_for_hosts(self) -> None:
         """Give the hosts a chance to come up so the first hello advertises real models;
