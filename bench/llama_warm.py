@@ -12,11 +12,14 @@ the model does not stop early, and every job is checked to have generated exactl
     it out) and with the file already cached (llama.cpp mmaps the weights, so on a CPU
     build a cached "load" is nearly free). Target: job 2 / job 1 <= 0.3. The ratio is
     roughly job / (load + job), so it depends on the job's length (``--short-tokens``);
-    the "saved" column, the load a warm host skips, is the figure that carries over.
+    the "saved" column, the load a warm host skips, is the figure that carries over. The
+    "floor" row is the library alone (load, job, job in one process): no worker's ratio
+    can beat it on this machine.
 (b) throughput: tokens/s of a long greedy job through the worker (whole job, wall clock
-    at the pool: IPC, per-token progress messages, result JSON) against tokens/s calling
-    llama-cpp-python directly in this process with the same model, context, batch and
-    sampler settings, alternated round by round. Target: worker / direct >= 0.97.
+    at the pool: IPC, paced progress messages, result JSON) against tokens/s calling
+    llama-cpp-python directly (``bench/llama_direct.py``, a quiet process of its own, its
+    generation timed inside it) with the same model, context, threads, batch and sampler
+    settings, alternated round by round. Target: worker / direct >= 0.97.
 
     .venv/bin/python bench/llama_warm.py [--tokens 256] [--rounds 3] [--hosts 3]
         [--short-tokens 16] [--n-embd 1024] [--n-layer 8] [--n-ff 2816]
@@ -25,8 +28,10 @@ the model does not stop early, and every job is checked to have generated exactl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +47,7 @@ if __package__ in (None, ""):
 
 import llama_cpp
 
+from engines.cpu_threads import engine_threads
 from engines.llm_core import effective_context
 from protocol import ipc
 from protocol.tasks import ChatMessage, LlmTask, ModelCliDefaults, ModelFile, ModelSource
@@ -64,15 +70,6 @@ PROMPTS = (
     "the system says ok",
     "assistant, hello",
 )
-# The engine's sampler chain for a greedy job (engines.llama._generate).
-GREEDY: dict[str, Any] = {
-    "top_k": 0,
-    "top_p": 1.0,
-    "min_p": 0.0,
-    "typical_p": 1.0,
-    "temp": 0.0,
-    "repeat_penalty": 1.0,
-}
 
 
 @dataclass
@@ -85,10 +82,6 @@ class Bench:
 
 def chat(text: str, max_tokens: int) -> LlmTask:
     return LlmTask(messages=[ChatMessage("user", text)], max_tokens=max_tokens, temperature=0.0)
-
-
-def chatml(text: str) -> bytes:
-    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n".encode()
 
 
 def evict(path: Path) -> None:
@@ -105,43 +98,60 @@ def evict(path: Path) -> None:
 
 
 class Direct:
-    """The model loaded in this process, driven the way the engine drives it."""
+    """``bench/llama_direct.py``: the model in a quiet process of its own, main thread only."""
 
     def __init__(self, path: Path, n_ctx: int) -> None:
-        self.llama = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=min(512, n_ctx),
-            n_gpu_layers=-1,
-            verbose=False,
-        )
-        self.vocab = llama_cpp.llama_model_get_vocab(self.llama.model)
+        argv = [sys.executable, str(Path(__file__).with_name("llama_direct.py")), str(path)]
+        argv += [str(n_ctx), str(engine_threads())]
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.load_s = float(self._read()["load_s"])
 
-    def generate(self, text: str, n: int) -> int:
-        """Greedy tokens until ``n`` or an end-of-generation token; returns the count."""
-        tokens = self.llama.tokenize(chatml(text), add_bos=True, special=True)
-        self.llama.set_seed(1234)
-        self.llama.reset()  # type: ignore[no-untyped-call]
-        count = 0
-        stream = self.llama.generate(tokens, reset=True, **GREEDY)
-        try:
-            for token in stream:
-                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                    break
-                count += 1
-                if count >= n:
-                    break
-        finally:
-            stream.close()
-        return count
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the direct process exited ({self.process.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def generate(self, text: str, n: int) -> tuple[int, float]:
+        """(greedy tokens made, up to ``n``; seconds they took)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"prompt": text, "n": n}).encode() + b"\n")
+        self.process.stdin.flush()
+        answer = self._read()
+        return int(answer["count"]), float(answer["s"])
 
     def close(self) -> None:
-        self.llama.close()
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+def timed(direct: Direct, prompt: str, n: int) -> float:
+    made, seconds = direct.generate(prompt, n)
+    assert made == n, made
+    return seconds
+
+
+@dataclass
+class Floor:
+    """One process calling the library: load, first job, second job (seconds)."""
+
+    load_s: float
+    first_s: float
+    second_s: float
+
+    def report(self) -> None:
+        ms = 1000.0
+        job1, job2 = (self.load_s + self.first_s) * ms, self.second_s * ms
+        name = "floor: the library alone, one process, cached"
+        print(f"  {name:50} {job1:9.1f} {job2:9.1f} {job1 - job2:7.1f} {job2 / job1:6.3f}")
 
 
 def pick_prompt(direct: Direct, n: int) -> str:
     for text in PROMPTS:
-        if direct.generate(text, n) == n:
+        if direct.generate(text, n)[0] == n:
             return text
     raise SystemExit(f"every prompt made the model stop before {n} tokens; try other dims")
 
@@ -200,10 +210,9 @@ async def with_pool(
             long_task = chat(prompt, tokens)
             for i in range(rounds):
                 worker_s.append(await run_job(pool, f"long-{i}", long_task, bench.source))
-                started = time.perf_counter()
-                made = await anyio.to_thread.run_sync(direct.generate, prompt, tokens)
-                direct_s.append(time.perf_counter() - started)
+                made, seconds = await anyio.to_thread.run_sync(direct.generate, prompt, tokens)
                 assert made == tokens, made
+                direct_s.append(seconds)
         await pool.drain(30)
         tg.cancel_scope.cancel()
     return PoolRun(first, second, worker_s, direct_s)
@@ -265,13 +274,16 @@ def main() -> None:
         cold = [pool_run(bench, PROMPTS[0], True) for _ in range(args.hosts)]
         direct = Direct(bench.model, bench.n_ctx)
         try:
+            # Before anything else runs on it: the floor's first job is the first after load.
+            short = (timed(direct, PROMPTS[0], args.short_tokens) for _ in range(2))
+            floor = Floor(direct.load_s, *short)
             prompt = pick_prompt(direct, args.tokens)
             warm = [pool_run(bench, prompt, False) for _ in range(args.hosts - 1)]
             warm.append(pool_run(bench, prompt, False, direct))
         finally:
             direct.close()
 
-    report(args, dims, size_mb, prompt, cold, warm)
+    report(args, dims, size_mb, prompt, cold, warm, floor)
 
 
 def report(
@@ -281,12 +293,14 @@ def report(
     prompt: str,
     cold: list[PoolRun],
     warm: list[PoolRun],
+    floor: Floor,
 ) -> None:
     ms = 1000.0
     print(
         f"model: llama n_embd={dims.n_embd} n_layer={dims.n_layer} n_ff={dims.n_ff} f16, "
         f"{size_mb:.0f} MB, n_ctx={N_CTX}; prompt {prompt!r}; greedy; "
-        f"llama-cpp-python {llama_cpp.__version__}; {os.cpu_count()} CPUs"
+        f"llama-cpp-python {llama_cpp.__version__}; {os.cpu_count()} CPUs, "
+        f"{engine_threads()} threads"
     )
     print()
     head = f"(a) {args.short_tokens}-token job on a fresh host, median of {len(cold)}"
@@ -303,15 +317,14 @@ def report(
         print(f"  {name:50} {first * ms:9.1f} {second * ms:9.1f} {saved:7.1f} {ratios[name]:6.3f}")
         pairs = ", ".join(f"{r.first_s * ms:.0f}/{r.second_s * ms:.0f}" for r in runs)
         print(f"    each host (job 1 / job 2 ms): {pairs}")
+    floor.report()
     print()
     last = warm[-1]
     w, d = median(last.worker_s), median(last.direct_s)
     head = f"(b) {args.tokens} tokens, median of {args.rounds} alternated rounds"
     print(f"{head:52} {'ms':>9} {'tok/s':>9}")
     print(f"  {'through the worker (pool + engine host)':50} {w * ms:9.1f} {args.tokens / w:9.1f}")
-    print(
-        f"  {'llama-cpp-python directly, in this process':50} {d * ms:9.1f} {args.tokens / d:9.1f}"
-    )
+    print(f"  {'llama-cpp-python directly, own process':50} {d * ms:9.1f} {args.tokens / d:9.1f}")
     print(f"    worker rounds ms: {', '.join(f'{s * ms:.0f}' for s in last.worker_s)}")
     print(f"    direct rounds ms: {', '.join(f'{s * ms:.0f}' for s in last.direct_s)}")
     print()

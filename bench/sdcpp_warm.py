@@ -39,6 +39,7 @@ if __package__ in (None, ""):
 
 import stable_diffusion_cpp
 
+from engines.cpu_threads import engine_threads
 from engines.provision import model_dir
 from protocol import ipc
 from protocol.tasks import ImageTask, ModelCliDefaults, ModelFile, ModelSource
@@ -53,19 +54,27 @@ MODEL_ID = "bench/tiny-sdxs"
 MODEL_FILE = "tiny-sdxs.gguf"
 TARGET_WARM = 0.3
 TARGET_FRESH = 0.5
-# What a fresh per-job process does, the way engines.sdcpp loads and samples.
+# What a fresh per-job process does, the way engines.sdcpp loads and samples; with
+# --twice it samples a second time on the loaded model and prints the three timings.
 FRESH_JOB = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from stable_diffusion_cpp import StableDiffusion
 
-    model, out, size, steps, seed = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
-    sd = StableDiffusion(model_path=model, diffusion_flash_attn=True, verbose=False)
-    (image,) = sd.generate_image(
-        prompt="an aurora fox", width=size, height=size, cfg_scale=1.0,
-        sample_steps=steps, seed=seed,
+    model, out, size, steps, seed, threads = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+    started = time.perf_counter()
+    sd = StableDiffusion(
+        model_path=model, diffusion_flash_attn=True, n_threads=threads, verbose=False
     )
+    marks = [time.perf_counter()]
+    for n in range(2 if "--twice" in sys.argv else 1):
+        (image,) = sd.generate_image(
+            prompt="an aurora fox", width=size, height=size, cfg_scale=1.0,
+            sample_steps=steps, seed=seed + n,
+        )
+        marks.append(time.perf_counter())
     image.save(out, format="PNG")
+    print(*(b - a for a, b in zip([started, *marks], marks)))
     """
 )
 STARTUP_ONLY = "import stable_diffusion_cpp"
@@ -78,6 +87,21 @@ class Bench:
     source: ModelSource
     size: int
     steps: int
+
+
+@dataclass
+class Floor:
+    """One process calling the library: load, first sampling, second sampling (seconds)."""
+
+    load_s: float
+    first_s: float
+    second_s: float
+
+    def report(self) -> None:
+        ms = 1000.0
+        job1, job2 = (self.load_s + self.first_s) * ms, self.second_s * ms
+        name = "floor: the library alone, one process, cached"
+        print(f"  {name:50} {job1:9.1f} {job2:9.1f} {job1 - job2:7.1f} {job2 / job1:6.3f}")
 
 
 @dataclass
@@ -118,15 +142,17 @@ async def run_job(pool: EnginePool, job_id: str, bench: Bench, seed: int) -> flo
     return elapsed
 
 
-def fresh_process(bench: Bench, seed: int, out: Path) -> float:
+def fresh_process(bench: Bench, seed: int, out: Path, *, twice: bool = False) -> list[float]:
+    """Wall time of the whole process, then its own load and sampling times."""
     argv = [sys.executable, "-c", FRESH_JOB, str(bench.model), str(out)]
-    argv += [str(bench.size), str(bench.steps), str(seed)]
+    argv += [str(bench.size), str(bench.steps), str(seed), str(engine_threads())]
+    argv += ["--twice"] if twice else []
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, check=False)
     elapsed = time.perf_counter() - started
     if done.returncode != 0 or not out.read_bytes().startswith(b"\x89PNG"):
         raise SystemExit(f"fresh process failed: {done.stderr.decode(errors='replace')}")
-    return elapsed
+    return [elapsed, *map(float, done.stdout.split())]
 
 
 def interpreter_start() -> float:
@@ -151,7 +177,8 @@ async def with_pool(bench: Bench, *, cold: bool, rounds: int, tmp: Path) -> Pool
         for i in range(rounds):
             run.worker_s.append(await run_job(pool, f"round-{i}", bench, seed=10 + i))
             out = tmp / f"fresh-{i}.png"
-            run.fresh_s.append(await anyio.to_thread.run_sync(fresh_process, bench, 10 + i, out))
+            fresh = await anyio.to_thread.run_sync(fresh_process, bench, 10 + i, out)
+            run.fresh_s.append(fresh[0])
             run.startup_s.append(await anyio.to_thread.run_sync(interpreter_start))
         await pool.drain(30)
         tg.cancel_scope.cancel()
@@ -187,15 +214,20 @@ def main() -> None:
         cold = [pool_run(True) for _ in range(args.hosts)]
         warm = [pool_run(False) for _ in range(args.hosts - 1)]
         warm.append(pool_run(False, args.rounds))
-    report(args, cold, warm)
+        # The floor: no worker's job 2 / job 1 can beat the library's own, in one process.
+        _, load_s, first_s, second_s = fresh_process(bench, 1, Path(tmp) / "d.png", twice=True)
+    report(args, cold, warm, Floor(load_s, first_s, second_s))
 
 
-def report(args: argparse.Namespace, cold: list[PoolRun], warm: list[PoolRun]) -> None:
+def report(
+    args: argparse.Namespace, cold: list[PoolRun], warm: list[PoolRun], floor: Floor
+) -> None:
     ms = 1000.0
     print(
         f"model: generated SDXS checkpoint, 883 MB f16; {args.size}x{args.size}, "
         f"{args.steps} step(s), png; stable-diffusion-cpp-python "
-        f"{stable_diffusion_cpp.__version__}; {os.cpu_count()} CPUs"
+        f"{stable_diffusion_cpp.__version__}; {os.cpu_count()} CPUs, "
+        f"{engine_threads()} threads"
     )
     print()
     head = f"(a) job on a fresh host, median of {len(cold)}"
@@ -213,6 +245,7 @@ def report(args: argparse.Namespace, cold: list[PoolRun], warm: list[PoolRun]) -
         print(f"  {name:50} {first * ms:9.1f} {second * ms:9.1f} {saved:7.1f} {ratio:6.3f}")
         pairs = ", ".join(f"{r.first_s * ms:.0f}/{r.second_s * ms:.0f}" for r in runs)
         print(f"    each host (job 1 / job 2 ms): {pairs}")
+    floor.report()
     print()
     last = warm[-1]
     w, f, s = median(last.worker_s), median(last.fresh_s), median(last.startup_s)

@@ -33,7 +33,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Final
@@ -41,6 +41,7 @@ from typing import Final
 import httpx
 
 from engines.errors import ProvisionError
+from engines.progress_throttle import ProgressFn, ProgressThrottle
 from engines.urlgate import check_url
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,8 @@ DOWNLOAD_TIMEOUT_S: Final = 30 * 60
 """Whole-transfer limit, as the Rust worker's client timeout."""
 CONNECT_TIMEOUT_S: Final = 30.0
 READ_TIMEOUT_S: Final = 120.0
-PROGRESS_INTERVAL_S: Final = 0.1
 HASH_CHUNK_BYTES: Final = 1 << 20
 
-ProgressFn = Callable[[int, int], None]
-"""``(bytes done, bytes total or 0 when unknown)``."""
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -72,33 +70,6 @@ def part_path(dest: Path) -> Path:
     part = dest.with_suffix(".part")
     # A file that is itself called ``x.part`` must not be its own part file.
     return part if part != dest else dest.with_name(dest.name + ".part")
-
-
-class ProgressThrottle:
-    """Forwards at most one update per ``interval_s`` to ``callback``, and every ``finish``."""
-
-    def __init__(
-        self,
-        callback: ProgressFn | None,
-        interval_s: float = PROGRESS_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._callback = callback
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last: float | None = None
-
-    def update(self, done: int, total: int) -> None:
-        if self._callback is None:
-            return
-        now = self._clock()
-        if self._last is None or now - self._last >= self._interval_s:
-            self._last = now
-            self._callback(done, total)
-
-    def finish(self, done: int, total: int) -> None:
-        if self._callback is not None:
-            self._callback(done, total)
 
 
 class _RestartError(Exception):

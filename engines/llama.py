@@ -32,6 +32,7 @@ from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
 from engines.base import Engine, JobContext, JsonResult
 from engines.chat_template import merge_kwargs, render_chat
+from engines.cpu_threads import engine_threads
 from engines.errors import EngineError, UnsupportedTask
 from engines.gguf_meta import GgufFormatError, training_context
 from engines.llm_core import (
@@ -45,6 +46,7 @@ from engines.llm_core import (
     plan_budget,
     should_add_bos,
 )
+from engines.progress_throttle import PROGRESS_INTERVAL_S, ProgressThrottle
 from engines.provision import LLM_SUBDIR, ensure_model_files
 from protocol.tasks import LlmTask, ModelSource, TaskKindName, task_kind
 
@@ -112,6 +114,9 @@ class LlamaEngine(Engine):
         self.models_root = models_root
         self._llm_dir = models_root / LLM_SUBDIR
         self._loaded: _LoadedModel | None = None
+        self.threads = engine_threads()
+        # Token reports are paced (the last always sent); 0 reports every token.
+        self.progress_interval_s = PROGRESS_INTERVAL_S
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
     # --- Engine interface -----------------------------------------------------------------
@@ -131,7 +136,9 @@ class LlamaEngine(Engine):
         started = time.monotonic()
         tokens = self._prompt_tokens(loaded, task, ctx.model_source)
         budget = plan_budget(len(tokens), task.max_tokens, loaded.n_ctx)
-        text, generated, finish = self._generate(ctx, loaded, task, tokens, budget)
+        text, generated, finish = self._generate(
+            ctx, loaded, task, tokens, budget, self.progress_interval_s
+        )
         elapsed_ms = int((time.monotonic() - started) * 1000)
         return JsonResult(
             completion_json(ctx.model, text, len(tokens), generated, finish, elapsed_ms)
@@ -199,19 +206,19 @@ class LlamaEngine(Engine):
         self.close()  # free the old model before the new one takes its memory
         ctx.progress("loading", 0, 1, path.name)
         started = time.monotonic()
-        loaded = self._load(identity, n_ctx, n_train)
+        loaded = self._load(identity, n_ctx, n_train, self.threads)
         self.model_loads += 1
         self._loaded = loaded
         ctx.progress("loading", 1, 1, path.name)
         ctx.log(
             "info",
             f"loaded {path.name} n_ctx={n_ctx} n_ctx_train={loaded.n_ctx_train} "
-            f"elapsed_ms={int((time.monotonic() - started) * 1000)}",
+            f"threads={self.threads} elapsed_ms={int((time.monotonic() - started) * 1000)}",
         )
         return loaded
 
     @staticmethod
-    def _load(identity: _FileIdentity, n_ctx: int, n_train: int) -> _LoadedModel:
+    def _load(identity: _FileIdentity, n_ctx: int, n_train: int, threads: int) -> _LoadedModel:
         path = identity.path
         _load_errors.clear()
         try:
@@ -220,6 +227,8 @@ class LlamaEngine(Engine):
                 n_ctx=n_ctx,
                 n_batch=min(MAX_BATCH, n_ctx),
                 n_gpu_layers=-1,
+                n_threads=threads,
+                n_threads_batch=threads,
                 verbose=False,
             )
         except jinja2.TemplateError as exc:
@@ -268,7 +277,12 @@ class LlamaEngine(Engine):
 
     @staticmethod
     def _generate(
-        ctx: JobContext, loaded: _LoadedModel, task: LlmTask, tokens: list[int], budget: int
+        ctx: JobContext,
+        loaded: _LoadedModel,
+        task: LlmTask,
+        tokens: list[int],
+        budget: int,
+        interval_s: float,
     ) -> tuple[str, int, Finish]:
         """(text, completion tokens, finish reason); raises ``EngineError("cancelled")``."""
         llama = loaded.llama
@@ -282,7 +296,10 @@ class LlamaEngine(Engine):
         generated, hit_end = 0, False
         if ctx.cancelled.is_set():
             raise EngineError("cancelled")
-        ctx.progress("generating", 0, budget, "")
+        throttle = ProgressThrottle(
+            lambda done, total: ctx.progress("generating", done, total, ""), interval_s
+        )
+        throttle.update(0, budget)
         stream = llama.generate(
             tokens,
             top_k=0,  # off: the sampler chain is [top-p] -> temperature -> seeded draw
@@ -303,7 +320,7 @@ class LlamaEngine(Engine):
                     break
                 generated += 1
                 hold.push(decoder.decode(_piece(loaded.vocab, token)))
-                ctx.progress("generating", generated, budget, "")
+                throttle.update(generated, budget)
                 if hold.stopped:
                     hit_end = True
                     break
@@ -313,6 +330,7 @@ class LlamaEngine(Engine):
             raise EngineError(f"llama.cpp generation failed: {exc}") from exc
         finally:
             stream.close()
+        throttle.finish(generated, budget)
         hold.push(decoder.decode(b"", final=True))
         hold.finish()
         return hold.text, generated, finish_for(generated, budget, hit_end)

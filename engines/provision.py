@@ -32,9 +32,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal, assert_never
 
-from engines.download import ProgressFn, download_file, format_fields, part_path
+from engines.download import download_file, format_fields, part_path
 from engines.errors import ProvisionError
 from engines.file_lock import exclusive_lock
+from engines.progress_throttle import ProgressFn
 from engines.sniff import SNIFF_BYTES, sniff_image_ext
 from engines.urlgate import check_url
 from protocol.tasks import ModelFile, ModelSource

@@ -38,6 +38,7 @@ import stable_diffusion_cpp as sd_cpp
 from PIL import Image
 
 from engines.base import BinaryResult, Engine, EngineResult, JobContext
+from engines.cpu_threads import engine_threads
 from engines.errors import EngineError, ProvisionError, UnsupportedTask
 from engines.provision import download_input_image, ensure_model_files
 from engines.sdcpp_args import (
@@ -151,6 +152,7 @@ class SdCppEngine(Engine):
         self._hooks = native_hooks()
         self._model: Any = None
         self._key: _LoadKey | None = None
+        self.threads = engine_threads()
 
     def advertised_models(self) -> dict[TaskKindName, list[str]]:
         return {"image": ["sd-cpp:*"]}
@@ -202,7 +204,9 @@ class SdCppEngine(Engine):
         self._model, self._key = model, key
         self.model_loads += 1
         ctx.progress("loading", 1, 1, names)
-        ctx.log("info", f"loaded {names} in {time.monotonic() - started:.1f} s")
+        ctx.log(
+            "info", f"loaded {names} threads={self.threads} in {time.monotonic() - started:.1f} s"
+        )
         return model
 
     def _load(self, plan: LoadPlan, names: str) -> Any:
@@ -221,6 +225,7 @@ class SdCppEngine(Engine):
                     offload_params_to_cpu=plan.offload_to_cpu,
                     qwen_image_zero_cond_t=plan.zero_cond_t,
                     diffusion_flash_attn=True,  # sd-cli always got --diffusion-fa
+                    n_threads=self.threads,
                     verbose=True,
                 )
             except (ValueError, RuntimeError, OSError) as exc:

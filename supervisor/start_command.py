@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Final
 
+from engines.cpu_threads import THREADS_ENV, parse_threads_override
 from supervisor.config import load_config
 from supervisor.errors import UsageError
 from supervisor.local_launch import local_config_path, local_studio
@@ -41,6 +42,15 @@ def registration_poll_s(*, local: bool) -> float:
     return value
 
 
+def check_threads_override() -> None:
+    """Refuse a bad ``STUDIO_WORKER_THREADS`` here: every engine host would refuse it too,
+    one crash-looping restart after another."""
+    try:
+        parse_threads_override(os.environ.get(THREADS_ENV, ""))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def run_start(
     config_path: Path,
     *,
@@ -55,6 +65,7 @@ def run_start(
     if local and not explicit_config:
         config_path = local_config_path()
     poll_s = registration_poll_s(local=local)
+    check_threads_override()
     cfg = load_config(config_path)
     configure_logging(log_format or cfg.log_format)
     opts = StartOptions(

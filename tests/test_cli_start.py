@@ -159,3 +159,18 @@ def test_start_with_a_missing_backend_names_the_extra(tmp_path):
     )
     assert result.returncode == 2
     assert "pip install 'studio-worker[llama]'" in result.stderr
+
+
+def test_start_refuses_a_bad_thread_override_before_spawning_hosts(tmp_path):
+    config = tmp_path / "config.toml"
+    write_config(config, "http://127.0.0.1:9/")
+    result = subprocess.run(
+        [*CLI, "--config", str(config), "start", "--engines", "synthetic"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, STUDIO_WORKER_THREADS="0"),
+    )
+    assert result.returncode == 2
+    assert "STUDIO_WORKER_THREADS must be a whole number from 1 to 1024, got '0'" in result.stderr
+    assert "spawned engine host" not in result.stderr

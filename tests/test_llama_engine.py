@@ -16,6 +16,7 @@ import llama_cpp
 import pytest
 
 from engines.base import JobContext, JsonResult
+from engines.cpu_threads import THREADS_ENV, available_cores
 from engines.errors import EngineError, UnsupportedTask
 from engines.gguf_meta import GgufFormatError, iter_metadata, training_context
 from engines.llama import ENGINE_CLASS, LlamaEngine
@@ -215,10 +216,30 @@ def test_a_chat_job_downloads_the_model_and_answers(
     assert ("downloading", model.approx_bytes, model.approx_bytes, "Tiny-Chat.GGUF") in events
     assert events[phases.index("loading")] == ("loading", 0, 1, "Tiny-Chat.GGUF")
     assert ("loading", 1, 1, "Tiny-Chat.GGUF") in events
-    generating = [e for e in events if e[0] == "generating"]
-    assert generating[0] == ("generating", 0, 8, "")
-    assert generating[-1][1] == usage["completion_tokens"]
-    assert [e[1] for e in generating] == list(range(len(generating)))
+    steps = [e[1] for e in events if e[0] == "generating"]
+    assert events[phases.index("generating")] == ("generating", 0, 8, "")
+    assert steps[-1] == usage["completion_tokens"]
+    assert steps == sorted(set(steps)), "token counts only grow"
+
+
+def test_token_progress_is_paced_and_ends_on_the_last_token(engine: LlamaEngine) -> None:
+    _local_model(engine)
+    every: list[Event] = []
+    engine.progress_interval_s = 0.0
+    value = _run(engine, _chat(max_tokens=40), _source(), events=every)
+    tokens = value["usage"]["completion_tokens"]
+    assert tokens >= 20
+    assert [e[1] for e in every if e[0] == "generating"] == list(range(tokens + 1))
+
+    # The tiny model makes its tokens in a few ms: at the default pace (0.1 s), the first
+    # report and the last get through and few in between.
+    paced: list[Event] = []
+    engine.progress_interval_s = 0.1
+    again = _run(engine, _chat(max_tokens=40), _source(), events=paced)
+    assert again["usage"]["completion_tokens"] == tokens
+    steps = [e[1] for e in paced if e[0] == "generating"]
+    assert steps[0] == 0 and steps[-1] == tokens
+    assert len(steps) < tokens // 2
 
 
 def test_the_budget_runs_out_as_length(engine: LlamaEngine) -> None:
@@ -312,6 +333,7 @@ def test_the_context_is_capped_by_the_training_context(engine: LlamaEngine) -> N
 
 def test_cancelling_mid_generation_fails_the_job(engine: LlamaEngine) -> None:
     _local_model(engine)
+    engine.progress_interval_s = 0.0  # a report per token, to cancel at the third
     cancelled = threading.Event()
 
     class CancelAtThree(list[Event]):
@@ -422,6 +444,27 @@ def test_switching_models_frees_the_old_one(engine: LlamaEngine) -> None:
     engine.close()
     assert engine._loaded is None
     engine.close()  # idempotent
+
+
+def test_the_model_runs_on_every_available_core_or_the_override(
+    engine: LlamaEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The binding's own default is half the CPUs, which idles half of a machine without SMT.
+    _local_model(engine)
+    _run(engine, _chat(), _source())
+    assert engine._loaded is not None
+    context = engine._loaded.llama.ctx
+    assert llama_cpp.llama_n_threads(context) == available_cores()
+    assert llama_cpp.llama_n_threads_batch(context) == available_cores()
+
+    monkeypatch.setenv(THREADS_ENV, "1")
+    pinned = LlamaEngine(tmp_path / "models")
+    try:
+        _run(pinned, _chat(), _source())
+        assert pinned._loaded is not None
+        assert llama_cpp.llama_n_threads(pinned._loaded.llama.ctx) == 1
+    finally:
+        pinned.close()
 
 
 # --- corrupt files ------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from engines.download import ProgressThrottle, content_range_start, part_path, status_text
+from engines.download import content_range_start, part_path, status_text
 from engines.errors import ProvisionError
 from engines.file_lock import exclusive_lock
 from engines.progress_bar import TerminalProgress, format_bytes, render_line
+from engines.progress_throttle import ProgressThrottle
 from engines.provision import (
     check_free_space,
     check_url,

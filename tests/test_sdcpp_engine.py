@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from engines.base import BinaryResult, JobContext
+from engines.cpu_threads import THREADS_ENV, available_cores
 from engines.errors import EngineError, ProvisionError, UnsupportedTask
 from engines.loader import create_engine
 from engines.provision import model_dir
@@ -299,6 +300,20 @@ def test_same_seed_same_bytes(setup: Setup) -> None:
     assert isinstance(other, BinaryResult)
     assert first.data == again.data
     assert other.data != first.data
+
+
+def test_the_library_gets_the_available_cores_or_the_override(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wrapper's own default is half the CPUs, which idles half of a machine without SMT.
+    setup.place_model()
+    assert setup.engine().threads == available_cores()
+    monkeypatch.setenv(THREADS_ENV, "1")
+    engine = setup.engine()
+    ctx, rec = setup.job(image_task())
+    engine.run(ctx)
+    assert engine._model.n_threads == 1
+    assert any("threads=1" in message for _, message in rec.logs)
 
 
 @pytest.mark.slow
