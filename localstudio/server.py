@@ -24,6 +24,8 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from localstudio.dispatcher import Dispatcher
 from localstudio.errors import StudioConfigError, StudioStartupError
@@ -197,12 +199,31 @@ def _build_app(settings: StudioSettings, store: Store, dispatcher: Dispatcher) -
     return Starlette(routes=[*worker_api.routes(), *local_api.routes()])
 
 
+class ShutdownSafeWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-io WebSocket protocol, minus a shutdown race that aborts the server's
+    whole shutdown.
+
+    When a client's close frame has arrived, websockets answers it on its own and the
+    connection is CLOSING, but uvicorn (0.54) only tracks closes the app sent: at shutdown
+    it sends its own 1012 close, websockets raises ``InvalidState``, and the exception
+    ends ``Server.shutdown`` before the other connections are closed (seen as the local
+    studio exiting 1 when a worker disconnected during its shutdown).
+    """
+
+    def shutdown(self) -> None:
+        if self.handshake_complete and self.conn.state in (State.CLOSING, State.CLOSED):
+            self.stop_keepalive()
+            self.transport.close()
+            return
+        super().shutdown()
+
+
 def _uvicorn_server(app: Starlette, host: str, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        ws="websockets-sansio",
+        ws=ShutdownSafeWebSocketProtocol,
         lifespan="off",
         log_config=None,
         access_log=False,

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from localstudio.server import ShutdownSafeWebSocketProtocol
 from protocol import studio
 from protocol.tasks import ModelSource, Task
 from tests.fake_studio import Part, parse_multipart
@@ -177,7 +178,7 @@ async def running_peer(peer: StudioPeer | None = None) -> AsyncIterator[StudioPe
         peer.app(),
         log_level="warning",
         lifespan="off",
-        ws="websockets-sansio",
+        ws=ShutdownSafeWebSocketProtocol,  # the local studio's, for the same race
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
