@@ -8,7 +8,9 @@ generated random-weight SDXS checkpoint (``tests.models.tiny_sdxs``, 883 MB of f
     subprocess, ZeroMQ, the image coming back as a binary frame), job 1 (load + sample +
     encode) against job 2 (sample + encode). Measured with the checkpoint evicted from the
     page cache first (``posix_fadvise(DONTNEED)``: the first job after boot, or after
-    other models pushed it out) and with it cached. Target: job 2 / job 1 <= 0.3.
+    other models pushed it out) and with it cached. Target: job 2 / job 1 <= 0.3. The
+    "floor" row is the library alone (load, job, job in one process, cached): no worker's
+    ratio can beat it on this machine.
 (b) per job: the worker's warm job against what the Rust worker did, a fresh process per
     job that loads the model, samples, writes the PNG and exits (its ``sd-cli``; here a
     Python process calling stable-diffusion-cpp-python, so the interpreter start and the
