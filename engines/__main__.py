@@ -20,6 +20,12 @@ from engines.parent_watch import die_with_parent
 TOKEN_ENV = "STUDIO_WORKER_HOST_TOKEN"
 
 
+def _thread_count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engines", description=__doc__)
     p.add_argument("--engine", required=True)
@@ -29,6 +35,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parent-pid", type=int, default=os.getppid())
     p.add_argument("--heartbeat-s", type=float, default=1.0)
     p.add_argument("--faults", default="", help="synthetic fault options, e.g. slow-start=2")
+    p.add_argument(
+        "--threads",
+        type=_thread_count,
+        default=None,
+        help="CPU threads for the inference library (default: every available core)",
+    )
     return p.parse_args(argv)
 
 
@@ -56,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
         apply_start_faults(parse_fault_options(args.faults))
     try:
-        engine = create_engine(args.engine, args.models_root, args.faults)
+        engine = create_engine(args.engine, args.models_root, args.faults, args.threads)
     except Exception as exc:
         print(
             f"engine `{args.engine}` failed to load: {type(exc).__name__}: {exc}", file=sys.stderr

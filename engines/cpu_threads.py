@@ -5,9 +5,14 @@ per core. On a machine or VM without SMT that leaves half the cores idle (measur
 2-core VM: llama generation 1.4x and sd-cpp sampling 1.7x slower than with both cores),
 and in a container held to a CPU quota or an affinity mask it counts CPUs the process may
 not use. The count here is the physical cores among the CPUs this process may run on,
-capped by a cgroup v2 CPU quota, so a throttled container never runs more spinning
-threads than it has CPU time for. ``STUDIO_WORKER_THREADS`` overrides it, e.g. to split
-the cores between an sdcpp and a llama slot that run at the same time.
+capped by a cgroup (v2 or v1) CPU quota.
+
+Hosts must not ask for more threads together than there are cores: the libraries' worker
+threads spin while they wait for each other, so two hosts each running on every core
+while both compute slow down by an order of magnitude, not by half (measured on 2 cores:
+an sdcpp and a llama host at 2 threads each made 5 tokens/s and a 6 s image, against 117
+tokens/s and 0.45 s at 1 thread each). The supervisor therefore gives each of its engine
+hosts an equal share (:func:`host_threads`); ``STUDIO_WORKER_THREADS`` overrides it.
 """
 
 from __future__ import annotations
@@ -150,7 +155,18 @@ def available_cores() -> int:
     return cores if quota is None else min(cores, quota)
 
 
-def engine_threads(environ: Mapping[str, str] = os.environ) -> int:
-    """The override if set, else :func:`available_cores`."""
+def threads_per_host(cores: int, hosts: int) -> int:
+    """An equal share of ``cores`` for each of ``hosts`` that may compute at once."""
+    return max(1, cores // max(1, hosts))
+
+
+def host_threads(hosts: int, environ: Mapping[str, str] = os.environ) -> int:
+    """Threads for each of ``hosts`` engine hosts: the override if set, else an equal share
+    of :func:`available_cores`."""
     override = parse_threads_override(environ.get(THREADS_ENV, ""))
-    return override if override is not None else available_cores()
+    return override if override is not None else threads_per_host(available_cores(), hosts)
+
+
+def engine_threads(environ: Mapping[str, str] = os.environ) -> int:
+    """For a host started without a count (by hand, or a benchmark): the whole machine."""
+    return host_threads(1, environ)

@@ -109,12 +109,12 @@ class _LoadedModel:
 class LlamaEngine(Engine):
     name = "llama"
 
-    def __init__(self, models_root: Path) -> None:
+    def __init__(self, models_root: Path, threads: int | None = None) -> None:
         super().__init__()
         self.models_root = models_root
         self._llm_dir = models_root / LLM_SUBDIR
         self._loaded: _LoadedModel | None = None
-        self.threads = engine_threads()
+        self.threads = threads if threads is not None else engine_threads()
         # Token reports are paced (the last always sent); 0 reports every token.
         self.progress_interval_s = PROGRESS_INTERVAL_S
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))

@@ -10,7 +10,11 @@ from engines.base import Engine
 from engines.catalog import ENGINES
 
 
-def create_engine(name: str, models_root: Path, faults: str = "") -> Engine:
+def create_engine(
+    name: str, models_root: Path, faults: str = "", threads: int | None = None
+) -> Engine:
+    """The engine ``name``; ``threads`` is the CPU thread count of a real engine (None: all
+    available cores, see ``engines.cpu_threads``)."""
     spec = ENGINES.get(name)
     if spec is None:
         raise ValueError(f"unknown engine `{name}`; choose from {', '.join(sorted(ENGINES))}")
@@ -23,4 +27,4 @@ def create_engine(name: str, models_root: Path, faults: str = "") -> Engine:
         raise ValueError("fault injection is only available on the synthetic engine")
     module = importlib.import_module(spec.module)
     engine_cls: type[Engine] = module.ENGINE_CLASS
-    return engine_cls(models_root)  # type: ignore[call-arg]
+    return engine_cls(models_root, threads)  # type: ignore[call-arg]

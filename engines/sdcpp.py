@@ -146,13 +146,13 @@ class SdCppEngine(Engine):
 
     name = "sdcpp"
 
-    def __init__(self, models_root: Path) -> None:
+    def __init__(self, models_root: Path, threads: int | None = None) -> None:
         super().__init__()
         self.models_root = models_root
         self._hooks = native_hooks()
         self._model: Any = None
         self._key: _LoadKey | None = None
-        self.threads = engine_threads()
+        self.threads = threads if threads is not None else engine_threads()
 
     def advertised_models(self) -> dict[TaskKindName, list[str]]:
         return {"image": ["sd-cpp:*"]}

@@ -52,6 +52,7 @@ class LaunchOptions:
     heartbeat_s: float
     faults: str = ""
     extra_env: tuple[tuple[str, str], ...] = ()
+    threads: int | None = None  # the inference library's CPU threads (None: the host decides)
 
 
 class HostProcess:
@@ -94,6 +95,8 @@ class HostProcess:
         ]
         if opts.faults:
             argv += ["--faults", opts.faults]
+        if opts.threads is not None:
+            argv += ["--threads", str(opts.threads)]
         process = await anyio.open_process(argv, env=env, start_new_session=True)
         log.info("spawned engine host engine=%s slot=%s pid=%d", spec.engine, identity, process.pid)
         return cls(process, identity, token, spec)

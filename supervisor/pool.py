@@ -9,7 +9,9 @@ slots themselves: there is no second bookkeeping.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
+from engines.cpu_threads import THREADS_ENV, available_cores, host_threads
 from protocol import ipc
 from protocol.tasks import TASK_KINDS
 from supervisor.ipc_router import IpcRouter
@@ -38,6 +41,7 @@ def make_run_dir() -> Path:
 
 class EnginePool:
     def __init__(self, specs: list[SlotSpec], settings: PoolSettings) -> None:
+        settings = _with_cpu_threads(specs, settings)
         self.settings = settings
         self.run_dir = make_run_dir()
         self.router = IpcRouter(self.run_dir)
@@ -134,3 +138,24 @@ class EnginePool:
         self, slot: Slot, run: ipc.RunJob, on_progress: ProgressCallback | None = None
     ) -> JobOutcome:
         return await slot.execute(run, on_progress)
+
+
+def _with_cpu_threads(specs: list[SlotSpec], settings: PoolSettings) -> PoolSettings:
+    """Settings whose ``cpu_threads`` is resolved: each real engine host gets an equal share
+    of the cores, so hosts computing at the same time never oversubscribe them."""
+    computing = sum(spec.engine != "synthetic" for spec in specs)
+    if settings.cpu_threads is not None or computing == 0:
+        return settings
+    threads = host_threads(computing)
+    if os.environ.get(THREADS_ENV, "").strip():
+        log.info("engine hosts compute on %d CPU thread(s) each (%s)", threads, THREADS_ENV)
+    else:
+        log.info(
+            "engine hosts compute on %d CPU thread(s) each: %d core(s) shared by %d engine "
+            "slot(s); %s overrides",
+            threads,
+            available_cores(),
+            computing,
+            THREADS_ENV,
+        )
+    return dataclasses.replace(settings, cpu_threads=threads)

@@ -34,4 +34,6 @@ class PoolSettings:
     term_grace_s: float = 5.0
     poison_strikes: int = 2
     faults: str = ""  # synthetic fault injection, for tests and drills
+    # CPU threads of each real engine host; None: the pool shares the cores out equally.
+    cpu_threads: int | None = None
     watchdog_tick_s: float = 0.05

@@ -291,6 +291,7 @@ class Slot:
             models_root=self.settings.models_root,
             heartbeat_s=self.settings.heartbeat_s,
             faults=self.settings.faults if self.engine == "synthetic" else "",
+            threads=None if self.engine == "synthetic" else self.settings.cpu_threads,
         )
         self.ready_info = None
         self.last_heartbeat = None

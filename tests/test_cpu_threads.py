@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
 
 from engines.cpu_threads import (
@@ -14,11 +16,14 @@ from engines.cpu_threads import (
     available_cores,
     cgroup_paths,
     engine_threads,
+    host_threads,
     parse_cpu_max,
     parse_threads_override,
     physical_cores,
     quota_cpus,
+    threads_per_host,
 )
+from tests.pool_harness import running_pool
 
 
 def test_smt_siblings_count_as_one_core() -> None:
@@ -88,3 +93,45 @@ def test_the_count_follows_this_machine_and_its_affinity_mask() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert pinned.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize(
+    ("cores", "hosts", "each"), [(2, 2, 1), (16, 3, 5), (2, 5, 1), (8, 1, 8), (4, 0, 4)]
+)
+def test_hosts_share_the_cores_equally(cores: int, hosts: int, each: int) -> None:
+    assert threads_per_host(cores, hosts) == each
+
+
+def test_the_override_applies_to_every_host() -> None:
+    assert host_threads(4, {THREADS_ENV: "6"}) == 6
+    assert host_threads(2, {}) == threads_per_host(available_cores(), 2)
+
+
+def _threads_arg(pid: int) -> str | None:
+    argv = psutil.Process(pid).cmdline()
+    return argv[argv.index("--threads") + 1] if "--threads" in argv else None
+
+
+@pytest.mark.anyio
+async def test_the_pool_gives_each_engine_host_its_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    async with running_pool(tmp_path, "llama,sdcpp") as run:
+        await run.ready(60)
+        given = {s.engine: _threads_arg(s.host.pid) for s in run.pool.slots if s.host}
+    share = str(threads_per_host(available_cores(), 2))
+    assert given == {"llama": share, "sdcpp": share, "synthetic": None}
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    async with running_pool(tmp_path, "llama,-synthetic") as run:
+        await run.ready(60)
+        assert [_threads_arg(s.host.pid) for s in run.pool.slots if s.host] == ["3"]
+
+
+def test_a_host_refuses_a_bad_thread_count() -> None:
+    argv = [sys.executable, "-m", "engines", "--engine", "llama", "--slot", "s"]
+    argv += ["--endpoint", "ipc:///nonexistent", "--models-root", "/tmp", "--threads", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--threads: expected a whole number >= 1, got '0'" in done.stderr
