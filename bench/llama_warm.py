@@ -47,6 +47,7 @@ if __package__ in (None, ""):
 
 import llama_cpp
 
+from bench.warm_common import Floor, evict
 from engines.cpu_threads import engine_threads
 from engines.llm_core import effective_context
 from protocol import ipc
@@ -82,16 +83,6 @@ class Bench:
 
 def chat(text: str, max_tokens: int) -> LlmTask:
     return LlmTask(messages=[ChatMessage("user", text)], max_tokens=max_tokens, temperature=0.0)
-
-
-def evict(path: Path) -> None:
-    """Drop the file's pages from the page cache (clean pages of an unmapped file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 # --- direct llama-cpp-python -------------------------------------------------------------------
@@ -132,21 +123,6 @@ def timed(direct: Direct, prompt: str, n: int) -> float:
     made, seconds = direct.generate(prompt, n)
     assert made == n, made
     return seconds
-
-
-@dataclass
-class Floor:
-    """One process calling the library: load, first job, second job (seconds)."""
-
-    load_s: float
-    first_s: float
-    second_s: float
-
-    def report(self) -> None:
-        ms = 1000.0
-        job1, job2 = (self.load_s + self.first_s) * ms, self.second_s * ms
-        name = "floor: the library alone, one process, cached"
-        print(f"  {name:50} {job1:9.1f} {job2:9.1f} {job1 - job2:7.1f} {job2 / job1:6.3f}")
 
 
 def pick_prompt(direct: Direct, n: int) -> str:

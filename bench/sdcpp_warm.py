@@ -41,6 +41,7 @@ if __package__ in (None, ""):
 
 import stable_diffusion_cpp
 
+from bench.warm_common import Floor, evict
 from engines.cpu_threads import engine_threads
 from engines.provision import model_dir
 from protocol import ipc
@@ -92,37 +93,12 @@ class Bench:
 
 
 @dataclass
-class Floor:
-    """One process calling the library: load, first sampling, second sampling (seconds)."""
-
-    load_s: float
-    first_s: float
-    second_s: float
-
-    def report(self) -> None:
-        ms = 1000.0
-        job1, job2 = (self.load_s + self.first_s) * ms, self.second_s * ms
-        name = "floor: the library alone, one process, cached"
-        print(f"  {name:50} {job1:9.1f} {job2:9.1f} {job1 - job2:7.1f} {job2 / job1:6.3f}")
-
-
-@dataclass
 class PoolRun:
     first_s: float
     second_s: float
     worker_s: list[float]
     fresh_s: list[float]
     startup_s: list[float]
-
-
-def evict(path: Path) -> None:
-    """Drop the file's pages from the page cache (clean pages of an unmapped file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def task(bench: Bench, seed: int) -> ImageTask:
