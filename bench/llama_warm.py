@@ -13,8 +13,8 @@ the model does not stop early, and every job is checked to have generated exactl
     build a cached "load" is nearly free). Target: job 2 / job 1 <= 0.3. The ratio is
     roughly job / (load + job), so it depends on the job's length (``--short-tokens``);
     the "saved" column, the load a warm host skips, is the figure that carries over. The
-    "floor" row is the library alone (load, job, job in one process): no worker's ratio
-    can beat it on this machine.
+    "floor" row is the library alone (load, job, job in one process, file cached): no
+    worker's ratio with a cached file can beat it on this machine.
 (b) throughput: tokens/s of a long greedy job through the worker (whole job, wall clock
     at the pool: IPC, paced progress messages, result JSON) against tokens/s calling
     llama-cpp-python directly (``bench/llama_direct.py``, a quiet process of its own, its

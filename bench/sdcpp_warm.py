@@ -9,8 +9,8 @@ generated random-weight SDXS checkpoint (``tests.models.tiny_sdxs``, 883 MB of f
     encode) against job 2 (sample + encode). Measured with the checkpoint evicted from the
     page cache first (``posix_fadvise(DONTNEED)``: the first job after boot, or after
     other models pushed it out) and with it cached. Target: job 2 / job 1 <= 0.3. The
-    "floor" row is the library alone (load, job, job in one process, cached): no worker's
-    ratio can beat it on this machine.
+    "floor" row is the library alone (load, job, job in one process, file cached): no
+    worker's ratio with a cached file can beat it on this machine.
 (b) per job: the worker's warm job against what the Rust worker did, a fresh process per
     job that loads the model, samples, writes the PNG and exits (its ``sd-cli``; here a
     Python process calling stable-diffusion-cpp-python, so the interpreter start and the
@@ -192,7 +192,7 @@ def main() -> None:
         cold = [pool_run(True) for _ in range(args.hosts)]
         warm = [pool_run(False) for _ in range(args.hosts - 1)]
         warm.append(pool_run(False, args.rounds))
-        # The floor: no worker's job 2 / job 1 can beat the library's own, in one process.
+        # The floor for the cached rows: the library's own job 2 / job 1, in one process.
         _, load_s, first_s, second_s = fresh_process(bench, 1, Path(tmp) / "d.png", twice=True)
     report(args, cold, warm, Floor(load_s, first_s, second_s))
 

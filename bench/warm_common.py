@@ -19,8 +19,9 @@ def evict(path: Path) -> None:
 
 @dataclass
 class Floor:
-    """One process calling the library: load, first job, second job (seconds). No worker's
-    second / first ratio can beat this one on the same machine."""
+    """One process calling the library on a cached file: load, first job, second job
+    (seconds). No worker's second / first ratio with a cached file can beat this one on the
+    same machine."""
 
     load_s: float
     first_s: float

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 THREADS_ENV: Final = "STUDIO_WORKER_THREADS"
@@ -82,14 +82,16 @@ def cgroup_paths(proc_self_cgroup: str) -> tuple[str | None, str | None]:
     return v2, v1
 
 
-def _sysfs_core(cpu: int) -> tuple[str, str] | None:
-    topology = _SYS_CPU / f"cpu{cpu}" / "topology"
-    try:
-        package = (topology / "physical_package_id").read_text().strip()
-        core = (topology / "core_id").read_text().strip()
-    except OSError:
-        return None
-    return package, core
+def sysfs_core(cpu: int, sys_cpu: Path = _SYS_CPU) -> str | None:
+    """The CPUs sharing ``cpu``'s core, as the kernel lists them (``"0,8"``, ``"0-1"``):
+    the same text for every hardware thread of one core. ``core_id`` alone is not unique
+    across packages or dies."""
+    topology = sys_cpu / f"cpu{cpu}" / "topology"
+    for name in ("core_cpus_list", "thread_siblings_list"):  # the second before Linux 5.7
+        text = _read(topology / name)
+        if text is not None and text.strip():
+            return text.strip()
+    return None
 
 
 def _read(path: Path) -> str | None:
@@ -118,40 +120,36 @@ def _v1_limit(directory: Path) -> int | None:
 def _tightest(mount: Path, relative: str, limit_of: Callable[[Path], int | None]) -> int | None:
     """The smallest limit from the process's cgroup up to the mount's root; inside a
     container with a cgroup namespace the path reads ``/`` and the root is its own."""
+    parts = [part for part in PurePosixPath(relative).parts if part not in ("/", ".")]
+    if ".." in parts:  # a cgroup outside this namespace's view: only the root is known
+        parts = []
     limits: list[int] = []
-    directory = mount / relative.lstrip("/")
-    while True:
-        limit = limit_of(directory)
+    for depth in range(len(parts), -1, -1):
+        limit = limit_of(mount.joinpath(*parts[:depth]))
         if limit is not None:
             limits.append(limit)
-        if directory == mount or mount not in directory.parents:
-            break
-        directory = directory.parent
     return min(limits) if limits else None
 
 
-def _cgroup_quota() -> int | None:
-    text = _read(Path("/proc/self/cgroup"))
-    if text is None:
-        return None
-    v2, v1 = cgroup_paths(text)
-    limits: list[int] = []
+def cgroup_cpu_limit(proc_self_cgroup: str, root: Path = _CGROUP_ROOT) -> int | None:
+    """Whole CPUs the tightest CPU quota on this process's cgroups allows, v2 (a pure
+    hierarchy or a hybrid's ``unified``) or v1 (``cpu`` controller); None: no quota."""
+    v2, v1 = cgroup_paths(proc_self_cgroup)
+    found: list[int | None] = []
     if v2 is not None:
-        limit = _tightest(_CGROUP_ROOT, v2, _v2_limit)
-        if limit is not None:
-            limits.append(limit)
+        found += [_tightest(mount, v2, _v2_limit) for mount in (root, root / "unified")]
     if v1 is not None:
-        for mount in (_CGROUP_ROOT / "cpu", _CGROUP_ROOT / "cpu,cpuacct"):
-            limit = _tightest(mount, v1, _v1_limit)
-            if limit is not None:
-                limits.append(limit)
+        mounts = (root / "cpu", root / "cpu,cpuacct", root / "cpuacct,cpu")
+        found += [_tightest(mount, v1, _v1_limit) for mount in mounts]
+    limits = [limit for limit in found if limit is not None]
     return min(limits) if limits else None
 
 
 def available_cores() -> int:
     """Physical cores this process may use, capped by its cgroup's CPU quota."""
-    cores = physical_cores(sorted(os.sched_getaffinity(0)), _sysfs_core)
-    quota = _cgroup_quota()
+    cores = physical_cores(sorted(os.sched_getaffinity(0)), sysfs_core)
+    text = _read(Path("/proc/self/cgroup"))
+    quota = cgroup_cpu_limit(text) if text is not None else None
     return cores if quota is None else min(cores, quota)
 
 

@@ -204,16 +204,19 @@ class ShutdownSafeWebSocketProtocol(WebSocketsSansIOProtocol):
     whole shutdown.
 
     When a client's close frame has arrived, websockets answers it on its own and the
-    connection is CLOSING, but uvicorn (0.54) only tracks closes the app sent: at shutdown
-    it sends its own 1012 close, websockets raises ``InvalidState``, and the exception
-    ends ``Server.shutdown`` before the other connections are closed (seen as the local
-    studio exiting 1 when a worker disconnected during its shutdown).
+    connection is CLOSING until the transport finishes closing, but uvicorn (0.54) only
+    tracks closes the app sent: a shutdown in that window sends its own 1012 close,
+    websockets raises ``InvalidState``, and the exception ends ``Server.shutdown`` before
+    the other connections are closed (seen as the local studio exiting 1 when a worker
+    disconnected during its shutdown). Such a connection is dropped instead: the client
+    already said goodbye, and a client that stopped reading would hold a graceful close
+    for the whole grace period.
     """
 
     def shutdown(self) -> None:
-        if self.handshake_complete and self.conn.state in (State.CLOSING, State.CLOSED):
+        if self.handshake_complete and not self.close_sent and self.conn.state is not State.OPEN:
             self.stop_keepalive()
-            self.transport.close()
+            self.transport.abort()
             return
         super().shutdown()
 

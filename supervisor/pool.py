@@ -141,10 +141,15 @@ class EnginePool:
 
 
 def _with_cpu_threads(specs: list[SlotSpec], settings: PoolSettings) -> PoolSettings:
-    """Settings whose ``cpu_threads`` is resolved: each real engine host gets an equal share
-    of the cores, so hosts computing at the same time never oversubscribe them."""
+    """Settings whose ``cpu_threads`` is resolved: each real engine host (GPU ones too: their
+    libraries still run threads on the CPU) gets an equal share of the cores, so hosts
+    computing at the same time do not oversubscribe them."""
     computing = sum(spec.engine != "synthetic" for spec in specs)
-    if settings.cpu_threads is not None or computing == 0:
+    if settings.cpu_threads is not None:
+        if settings.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be at least 1, got {settings.cpu_threads}")
+        return settings
+    if computing == 0:
         return settings
     threads = host_threads(computing)
     if os.environ.get(THREADS_ENV, "").strip():
@@ -157,5 +162,13 @@ def _with_cpu_threads(specs: list[SlotSpec], settings: PoolSettings) -> PoolSett
             available_cores(),
             computing,
             THREADS_ENV,
+        )
+    if threads * computing > available_cores():
+        log.warning(
+            "%d engine slot(s) at %d CPU thread(s) each ask for more than the %d core(s) "
+            "available: jobs that run at the same time will slow each other down a lot",
+            computing,
+            threads,
+            available_cores(),
         )
     return dataclasses.replace(settings, cpu_threads=threads)

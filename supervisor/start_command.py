@@ -43,8 +43,8 @@ def registration_poll_s(*, local: bool) -> float:
 
 
 def check_threads_override() -> None:
-    """Refuse a bad ``STUDIO_WORKER_THREADS`` here: every engine host would refuse it too,
-    one crash-looping restart after another."""
+    """Refuse a bad ``STUDIO_WORKER_THREADS`` with a usage error before anything starts
+    (the pool reads it to give each engine host its ``--threads``)."""
     try:
         parse_threads_override(os.environ.get(THREADS_ENV, ""))
     except ValueError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from engines.cpu_threads import (
     MAX_THREADS,
     THREADS_ENV,
     available_cores,
+    cgroup_cpu_limit,
     cgroup_paths,
     engine_threads,
     host_threads,
@@ -21,26 +24,68 @@ from engines.cpu_threads import (
     parse_threads_override,
     physical_cores,
     quota_cpus,
+    sysfs_core,
     threads_per_host,
 )
+from supervisor.pool import _with_cpu_threads
+from supervisor.pool_settings import PoolSettings
+from supervisor.slot_spec import parse_engines
 from tests.pool_harness import running_pool
 
 
-def test_smt_siblings_count_as_one_core() -> None:
-    # Two cores with two hardware threads each, numbered the way Linux does (0-1 | 2-3).
-    topology = {0: ("0", "0"), 1: ("0", "1"), 2: ("0", "0"), 3: ("0", "1")}
-    assert physical_cores([0, 1, 2, 3], topology.get) == 2
-    assert physical_cores([0, 2], topology.get) == 1  # both threads of one core
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
-def test_cores_of_other_packages_are_distinct() -> None:
-    topology = {0: ("0", "0"), 1: ("1", "0")}
-    assert physical_cores([0, 1], topology.get) == 2
+def test_smt_siblings_count_as_one_core(tmp_path: Path) -> None:
+    # Two cores with two hardware threads each, numbered the way Linux does (0,2 | 1,3);
+    # cpu1 and cpu3 on a kernel from before core_cpus_list.
+    for cpu, name, siblings in (
+        (0, "core_cpus_list", "0,2"),
+        (2, "core_cpus_list", "0,2"),
+        (1, "thread_siblings_list", "1,3"),
+        (3, "thread_siblings_list", "1,3"),
+    ):
+        _write(tmp_path / f"cpu{cpu}" / "topology" / name, siblings + "\n")
+    assert physical_cores([0, 1, 2, 3], lambda cpu: sysfs_core(cpu, tmp_path)) == 2
+    assert physical_cores([0, 2], lambda cpu: sysfs_core(cpu, tmp_path)) == 1
+    assert sysfs_core(7, tmp_path) is None
 
 
 def test_a_cpu_without_topology_counts_as_a_core() -> None:
     assert physical_cores([0, 1, 2], lambda cpu: None) == 3
     assert physical_cores([], lambda cpu: None) == 1
+
+
+def test_the_tightest_v2_quota_on_the_path_wins(tmp_path: Path) -> None:
+    _write(tmp_path / "cpu.max", "max 100000\n")
+    _write(tmp_path / "a" / "cpu.max", "300000 100000\n")
+    _write(tmp_path / "a" / "b" / "cpu.max", "max 100000\n")
+    assert cgroup_cpu_limit("0::/a/b\n", tmp_path) == 3
+    _write(tmp_path / "cpu.max", "200000 100000\n")  # a parent's limit binds its children
+    assert cgroup_cpu_limit("0::/a/b\n", tmp_path) == 2
+    assert cgroup_cpu_limit("0::/\n", tmp_path) == 2  # a container's own namespace
+
+
+def test_a_cgroup_path_missing_from_the_mount_falls_back_to_its_root(tmp_path: Path) -> None:
+    _write(tmp_path / "cpu.max", "150000 100000\n")
+    assert cgroup_cpu_limit("0::/docker/0123abcd\n", tmp_path) == 1
+    assert cgroup_cpu_limit("0::/../elsewhere\n", tmp_path) == 1
+    assert cgroup_cpu_limit("0::/docker/0123abcd\n", tmp_path / "nothing-mounted") is None
+
+
+def test_v1_and_hybrid_hierarchies(tmp_path: Path) -> None:
+    v1 = tmp_path / "cpu,cpuacct" / "docker" / "abc"
+    _write(v1 / "cpu.cfs_quota_us", "400000\n")
+    _write(v1 / "cpu.cfs_period_us", "100000\n")
+    hybrid = "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/docker/abc\n"
+    assert cgroup_cpu_limit(hybrid, tmp_path) == 4
+    _write(tmp_path / "unified" / "docker" / "abc" / "cpu.max", "300000 100000\n")
+    assert cgroup_cpu_limit(hybrid, tmp_path) == 3
+    _write(v1 / "cpu.cfs_quota_us", "-1\n")  # v1's "no quota"
+    (tmp_path / "unified" / "docker" / "abc" / "cpu.max").unlink()
+    assert cgroup_cpu_limit(hybrid, tmp_path) is None
 
 
 @pytest.mark.parametrize(
@@ -135,3 +180,26 @@ def test_a_host_refuses_a_bad_thread_count() -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "--threads: expected a whole number >= 1, got '0'" in done.stderr
+
+
+def test_the_pool_warns_when_its_hosts_ask_for_more_threads_than_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    specs = parse_engines("llama,sdcpp")
+    settings = PoolSettings(models_root=tmp_path)
+    monkeypatch.setenv(THREADS_ENV, str(available_cores()))
+    with caplog.at_level(logging.INFO, logger="supervisor.pool"):
+        resolved = _with_cpu_threads(specs, settings)
+    assert resolved.cpu_threads == available_cores()
+    assert "ask for more than the" in caplog.text
+
+    caplog.clear()
+    monkeypatch.delenv(THREADS_ENV)
+    with caplog.at_level(logging.INFO, logger="supervisor.pool"):
+        resolved = _with_cpu_threads(parse_engines("llama"), settings)
+    assert resolved.cpu_threads == available_cores()
+    assert "ask for more" not in caplog.text
+    assert f"{available_cores()} CPU thread(s) each" in caplog.text
+
+    with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
+        _with_cpu_threads(specs, dataclasses.replace(settings, cpu_threads=0))

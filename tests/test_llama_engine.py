@@ -450,6 +450,7 @@ def test_the_model_runs_on_every_available_core_or_the_override(
     engine: LlamaEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The binding's own default is half the CPUs, which idles half of a machine without SMT.
+    monkeypatch.delenv(THREADS_ENV, raising=False)
     _local_model(engine)
     _run(engine, _chat(), _source())
     assert engine._loaded is not None

@@ -306,6 +306,7 @@ def test_the_library_gets_the_available_cores_or_the_override(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The wrapper's own default is half the CPUs, which idles half of a machine without SMT.
+    monkeypatch.delenv(THREADS_ENV, raising=False)
     setup.place_model()
     assert setup.engine().threads == available_cores()
     monkeypatch.setenv(THREADS_ENV, "1")
