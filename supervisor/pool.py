@@ -20,7 +20,12 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from engines.cpu_threads import THREADS_ENV, available_cores, host_threads
+from engines.cpu_threads import (
+    THREADS_ENV,
+    available_cores,
+    parse_threads_override,
+    threads_per_host,
+)
 from protocol import ipc
 from protocol.tasks import TASK_KINDS
 from supervisor.ipc_router import IpcRouter
@@ -151,24 +156,22 @@ def _with_cpu_threads(specs: list[SlotSpec], settings: PoolSettings) -> PoolSett
         return settings
     if computing == 0:
         return settings
-    threads = host_threads(computing)
-    if os.environ.get(THREADS_ENV, "").strip():
-        log.info("engine hosts compute on %d CPU thread(s) each (%s)", threads, THREADS_ENV)
-    else:
-        log.info(
-            "engine hosts compute on %d CPU thread(s) each: %d core(s) shared by %d engine "
-            "slot(s); %s overrides",
-            threads,
-            available_cores(),
-            computing,
-            THREADS_ENV,
-        )
-    if threads * computing > available_cores():
+    cores = available_cores()
+    override = parse_threads_override(os.environ.get(THREADS_ENV, ""))
+    threads = override if override is not None else threads_per_host(cores, computing)
+    source = THREADS_ENV if override is not None else f"{cores} core(s) shared equally"
+    log.info(
+        "engine hosts compute on %d CPU thread(s) each (%s; %d engine slot(s))",
+        threads,
+        source,
+        computing,
+    )
+    if threads * computing > cores:
         log.warning(
             "%d engine slot(s) at %d CPU thread(s) each ask for more than the %d core(s) "
             "available: jobs that run at the same time will slow each other down a lot",
             computing,
             threads,
-            available_cores(),
+            cores,
         )
     return dataclasses.replace(settings, cpu_threads=threads)
