@@ -32,10 +32,10 @@ if __package__ in (None, ""):
 
 from bench import llama_warm, sdcpp_warm
 from engines.cpu_threads import available_cores
-from supervisor.pool import EnginePool
-from supervisor.pool_settings import PoolSettings
-from supervisor.slot_spec import parse_engines
-from tests.models.tiny_llama import Dims
+from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot_spec import parse_engines
+from tests.support.models.tiny_llama import Dims
 
 
 @dataclass

@@ -52,11 +52,11 @@ from engines.cpu_threads import engine_threads
 from engines.llm_core import effective_context
 from protocol import ipc
 from protocol.tasks import ChatMessage, LlmTask, ModelCliDefaults, ModelFile, ModelSource
-from supervisor.job_outcome import JobSucceeded
-from supervisor.pool import EnginePool
-from supervisor.pool_settings import PoolSettings
-from supervisor.slot_spec import parse_engines
-from tests.models.tiny_llama import Dims, cached_tiny_llama
+from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.job_outcome import JobSucceeded
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot_spec import parse_engines
+from tests.support.models.tiny_llama import Dims, cached_tiny_llama
 
 MODEL_FILE = "bench-llama.gguf"
 N_CTX = 2048
@@ -136,10 +136,9 @@ def pick_prompt(direct: Direct, n: int) -> str:
 
 
 async def run_job(pool: EnginePool, job_id: str, task: LlmTask, source: ModelSource) -> float:
-    slot = pool.reserve("llama")
-    assert slot is not None, "the llama slot is busy"
+    slot = pool.reserve(next(s.slot_id for s in pool.slots if s.engine == "llama"))
     started = time.perf_counter()
-    outcome = await pool.execute(slot, ipc.RunJob(job_id, "bench", task, source, 600.0))
+    outcome = await slot.execute(ipc.RunJob(job_id, "bench", task, source, 600.0), None)
     elapsed = time.perf_counter() - started
     if not isinstance(outcome, JobSucceeded):
         raise SystemExit(f"job {job_id} failed: {outcome!r}")

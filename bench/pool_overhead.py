@@ -33,10 +33,10 @@ from engines.base import JobContext
 from engines.synthetic import BLOB_BYTES, BLOB_MODEL, SyntheticEngine
 from protocol import ipc
 from protocol.tasks import ChatMessage, ImageTask, LlmTask, ModelCliDefaults, ModelSource, Task
-from supervisor.job_outcome import JobSucceeded
-from supervisor.pool import EnginePool
-from supervisor.pool_settings import PoolSettings
-from supervisor.slot_spec import parse_engines
+from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.job_outcome import JobSucceeded
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot_spec import parse_engines
 
 SOURCE = ModelSource("synthetic", [], ModelCliDefaults(1.0, 8, 512, 512))
 LLM = LlmTask(messages=[ChatMessage("user", "how much does a process boundary cost?")])
@@ -85,10 +85,9 @@ async def through_pool(n_jobs: int, n_blobs: int) -> tuple[list[float], list[flo
                 out = []
                 for i in range(n):
                     t0 = time.perf_counter()
-                    slot = pool.reserve("synthetic")
-                    assert slot is not None
-                    outcome = await pool.execute(
-                        slot, ipc.RunJob(f"{job}-{i}", model, task, SOURCE, 60)
+                    slot = pool.reserve(pool.slots[0].slot_id)
+                    outcome = await slot.execute(
+                        ipc.RunJob(f"{job}-{i}", model, task, SOURCE, 60), None
                     )
                     out.append(time.perf_counter() - t0)
                     assert isinstance(outcome, JobSucceeded), outcome

@@ -46,11 +46,11 @@ from engines.cpu_threads import engine_threads
 from engines.provision import model_dir
 from protocol import ipc
 from protocol.tasks import ImageTask, ModelCliDefaults, ModelFile, ModelSource
-from supervisor.job_outcome import JobSucceeded
-from supervisor.pool import EnginePool
-from supervisor.pool_settings import PoolSettings
-from supervisor.slot_spec import parse_engines
-from tests.models.tiny_sdxs import write_tiny_sdxs
+from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.job_outcome import JobSucceeded
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot_spec import parse_engines
+from tests.support.models.tiny_sdxs import write_tiny_sdxs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_ID = "bench/tiny-sdxs"
@@ -108,11 +108,10 @@ def task(bench: Bench, seed: int) -> ImageTask:
 
 
 async def run_job(pool: EnginePool, job_id: str, bench: Bench, seed: int) -> float:
-    slot = pool.reserve("sdcpp")
-    assert slot is not None, "the sdcpp slot is busy"
+    slot = pool.reserve(next(s.slot_id for s in pool.slots if s.engine == "sdcpp"))
     started = time.perf_counter()
     run = ipc.RunJob(job_id, MODEL_ID, task(bench, seed), bench.source, 600.0)
-    outcome = await pool.execute(slot, run)
+    outcome = await slot.execute(run, None)
     elapsed = time.perf_counter() - started
     if not isinstance(outcome, JobSucceeded):
         raise SystemExit(f"job {job_id} failed: {outcome!r}")

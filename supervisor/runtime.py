@@ -21,9 +21,7 @@ import anyio.abc
 
 from engines.catalog import missing_backend
 from protocol.studio import Capabilities
-from supervisor.capabilities import build_capabilities
 from supervisor.config import WorkerConfig, load_config
-from supervisor.control import ControlServer, socket_path
 from supervisor.errors import (
     AuthFailed,
     MetricsListenError,
@@ -33,16 +31,18 @@ from supervisor.errors import (
     WorkerError,
 )
 from supervisor.live_config import LiveConfig
-from supervisor.log_queue import LogShipQueue, ShipHandler
-from supervisor.metrics_server import MetricsServer, parse_listen
-from supervisor.policies import RecycleLimits
-from supervisor.pool import EnginePool
-from supervisor.pool_settings import PoolSettings
-from supervisor.registration import ensure_registered
-from supervisor.session import SessionDeps, SessionTimings
-from supervisor.session_loop import serve_studio
-from supervisor.slot_spec import SlotSpec, parse_engines
-from supervisor.studio_http import StudioHttp
+from supervisor.ops.control import ControlServer, socket_path
+from supervisor.ops.metrics_server import MetricsServer, parse_listen
+from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.policies import RecycleLimits
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot_spec import SlotSpec, parse_engines
+from supervisor.studio.capabilities import build_capabilities
+from supervisor.studio.http import StudioHttp
+from supervisor.studio.log_queue import LogShipQueue, ShipHandler
+from supervisor.studio.registration import ensure_registered
+from supervisor.studio.session import SessionDeps, SessionTimings
+from supervisor.studio.session_loop import serve_studio
 from supervisor.worker_state import WorkerState
 
 log = logging.getLogger("supervisor.runtime")
@@ -118,10 +118,13 @@ class Supervisor:
     async def run(self) -> int:
         handler = ShipHandler(self.logs)
         logging.getLogger().addHandler(handler)
+        raised: list[logging.Logger] = []
         for name in ("supervisor", "engines"):
             # The studio wants INFO lines even when the embedding app left logging unset.
-            if logging.getLogger(name).level == logging.NOTSET:
-                logging.getLogger(name).setLevel(logging.INFO)
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.INFO)
+                raised.append(logger)
         code = 0
         startup_error: MetricsListenError | None = None
         try:
@@ -142,6 +145,8 @@ class Supervisor:
         finally:
             logging.getLogger().removeHandler(handler)
             self._log_summary(code)
+            for logger in raised:  # leave the embedding process's logging as it was
+                logger.setLevel(logging.NOTSET)
         return code
 
     async def _start_metrics(

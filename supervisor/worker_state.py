@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from supervisor.session_state import SessionEvent, SessionLifecycle, SessionPhase
 from supervisor.stats import JOB_SECONDS_BUCKETS, DurationHistogram
+from supervisor.studio.session_state import SessionEvent, SessionLifecycle, SessionPhase
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """deploy/: Docker is not available here, so the Dockerfiles are checked as text: the build
 args they document are declared, used and documented in the operator guide, every
 `${VAR}` is in scope, the CUDA image builds both engines with CUDA, both images stop
-gracefully. The systemd unit template is what supervisor/service.py renders, and the env
+gracefully. The systemd unit template is what supervisor/cli/service_unit.py renders, and the env
 example only holds options `supervisor start` accepts."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.service import SYSTEM_CONFIG_PATH, ServiceSpec, render_unit
+from supervisor.cli.service_unit import SYSTEM_CONFIG_PATH, ServiceSpec, render_unit
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -145,7 +145,7 @@ def test_env_example_args_are_start_options():
     assert args == ["--metrics", "127.0.0.1:9464", "--log-format", "json"]
     assert values["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     help_text = subprocess.run(
-        [sys.executable, "-c", "from supervisor.cli import main; main()", "start", "--help"],
+        [sys.executable, "-c", "from supervisor.cli.app import main; main()", "start", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -16,8 +16,9 @@ import msgspec
 import pytest
 
 from protocol import ipc
-from supervisor import session_state, slot_state
 from supervisor.config import WorkerConfig
+from supervisor.pool import slot_state
+from supervisor.studio import session_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
@@ -43,14 +44,16 @@ def diagram(block: str) -> tuple[str, set[tuple[str, str, str]]]:
 
 
 def test_slot_diagram_is_the_transition_table():
-    initial, edges = diagram(mermaid_block(ARCHITECTURE, "supervisor/slot_state.py TRANSITIONS"))
+    initial, edges = diagram(
+        mermaid_block(ARCHITECTURE, "supervisor/pool/slot_state.py TRANSITIONS")
+    )
     table = {(s.value, nxt.value, e.value) for (s, e), nxt in slot_state.TRANSITIONS.items()}
     assert edges == table
-    assert initial == slot_state.SlotLifecycle("x").state.value
+    assert initial == slot_state.INITIAL.value
 
 
 def test_session_diagram_is_the_transition_table():
-    block = mermaid_block(ARCHITECTURE, "supervisor/session_state.py TRANSITIONS")
+    block = mermaid_block(ARCHITECTURE, "supervisor/studio/session_state.py TRANSITIONS")
     initial, edges = diagram(block)
     table = {(p.value, nxt.value, e.value) for (p, e), nxt in session_state.TRANSITIONS.items()}
     assert edges == table
@@ -114,7 +117,7 @@ def test_every_config_key_is_documented_with_its_default():
 
 def exported_metrics() -> set[str]:
     """Metric names as Prometheus shows them, from the collector's source."""
-    source = (ROOT / "supervisor" / "metrics.py").read_text()
+    source = (ROOT / "supervisor" / "ops" / "metrics.py").read_text()
     found = re.findall(r'(Counter|Gauge|Histogram)MetricFamily\(\s*f"\{PREFIX\}_(\w+)"', source)
     assert len(found) >= 15
     return {
@@ -132,7 +135,7 @@ def source_strings() -> str:
     """Every string literal in supervisor/ and engines/, adjacent literals joined (so a
     message split over two source lines reads as one), quotes and prefixes removed."""
     out: list[str] = []
-    for path in sorted([*ROOT.glob("supervisor/*.py"), *ROOT.glob("engines/*.py")]):
+    for path in sorted([*ROOT.glob("supervisor/**/*.py"), *ROOT.glob("engines/*.py")]):
         current: list[str] = []
         tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
         for tok in tokens:

@@ -1,0 +1,378 @@
+"""The ``supervisor`` command line: argument parsing and printing only.
+
+Global options (``--config PATH``, ``--version``) come before the subcommand; each
+subcommand calls one function in ``commands.py`` and prints what it returns. A WorkerError
+becomes ``error: <message>`` on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from supervisor.cli import commands, studio_commands
+from supervisor.config import default_config_path
+from supervisor.errors import WorkerError
+
+app = typer.Typer(
+    name="supervisor",
+    help="Headless multi-GPU worker for the minis studio.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # rich tracebacks can print locals: the config's secrets
+)
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    config_path: Path
+    explicit_config: bool = False
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(commands.version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="PATH",
+            help="config.toml to use (default: the Rust worker's path).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    del version
+    ctx.obj = GlobalOptions(
+        config if config is not None else default_config_path(), explicit_config=config is not None
+    )
+
+
+def _config_path(ctx: typer.Context) -> Path:
+    options = ctx.ensure_object(GlobalOptions)
+    return options.config_path
+
+
+def _run(action: Callable[[], str]) -> None:
+    """Print what ``action`` returns; a WorkerError exits 1 with its message on stderr."""
+    try:
+        text = action()
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(text)
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    api_base_url: Annotated[
+        str | None,
+        typer.Option("--api-base-url", metavar="URL", help="Studio base URL, stored verbatim."),
+    ] = None,
+    reset: Annotated[
+        bool,
+        typer.Option("--reset", help="Clear the worker id, token and pending request."),
+    ] = False,
+) -> None:
+    """Prepare registration (no network); `supervisor start` submits the request."""
+    path = _config_path(ctx)
+    _run(lambda: commands.register(path, api_base_url=api_base_url, reset=reset))
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """Print the config file path and its contents (including secrets)."""
+    path = _config_path(ctx)
+    _run(lambda: commands.show_config(path))
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def set_threshold(
+    ctx: typer.Context,
+    gb: Annotated[float, typer.Argument(metavar="GB", help="Largest job VRAM estimate to claim.")],
+) -> None:
+    """Set vram_threshold_gb."""
+    path = _config_path(ctx)
+    _run(lambda: commands.set_threshold(path, gb))
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    engines: Annotated[
+        str | None,
+        typer.Option(
+            "--engines",
+            metavar="LIST",
+            help="Engine slots, e.g. `sdcpp,llama` or `sdcpp@0,sdcpp@1,llama@1` (engine@GPU). "
+            "`synthetic` is added unless you list `-synthetic`. Default: the config's `engines`.",
+        ),
+    ] = None,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Also run a local studio on 127.0.0.1 and work for it (no cloud studio needed). "
+            "Uses its own config beside the default one unless --config is given.",
+        ),
+    ] = False,
+    local_port: Annotated[
+        int, typer.Option("--local-port", help="Port of the --local studio (0 = any free port).")
+    ] = 9790,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="`text` (default) or `json` log lines.")
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="HOST:PORT",
+            help="Serve Prometheus metrics, /healthz and /readyz there (off by default).",
+        ),
+    ] = None,
+    faults: Annotated[str, typer.Option("--faults", hidden=True)] = "",
+) -> None:
+    """Run the worker: register if needed, start the engine hosts, serve the studio."""
+    from supervisor.cli.start_command import run_start
+
+    options = ctx.ensure_object(GlobalOptions)
+    try:
+        code = run_start(
+            options.config_path,
+            explicit_config=options.explicit_config,
+            engines=engines,
+            local=local,
+            local_port=local_port,
+            log_format=log_format,
+            metrics=metrics,
+            faults=faults,
+        )
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Registration, session and every engine slot of the running supervisor."""
+    path = _config_path(ctx)
+    _run(lambda: commands.status(path))
+
+
+@app.command()
+def pause(ctx: typer.Context) -> None:
+    """Reject new offers (runtime only; running jobs finish)."""
+    path = _config_path(ctx)
+    _run(lambda: commands.control(path, "pause"))
+
+
+@app.command()
+def resume(ctx: typer.Context) -> None:
+    """Accept offers again after `pause`."""
+    path = _config_path(ctx)
+    _run(lambda: commands.control(path, "resume"))
+
+
+ScopeOption = Annotated[
+    bool,
+    typer.Option(
+        "--user/--system",
+        help="A user service (~/.config/systemd/user, no root) or a system service "
+        "(/etc/systemd/system, a dedicated `studio-worker` user; needs root).",
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Print the unit and the commands; change nothing.")
+]
+
+
+@app.command("install-service")
+def install_service(
+    ctx: typer.Context,
+    user: ScopeOption = True,
+    engines: Annotated[
+        str | None,
+        typer.Option(
+            "--engines", metavar="LIST", help="Passed to `start`; default: the config's engines."
+        ),
+    ] = None,
+    dry_run: DryRunOption = False,
+    service_user: Annotated[
+        str, typer.Option("--service-user", help="Account of a --system service.")
+    ] = "studio-worker",
+    exec_path: Annotated[
+        Path | None,
+        typer.Option("--exec-path", metavar="PATH", help="The `supervisor` script to run."),
+    ] = None,
+) -> None:
+    """Install and start a systemd service running `supervisor start` (prints each command)."""
+    from supervisor.cli.service_commands import install_service as install
+
+    options = ctx.ensure_object(GlobalOptions)
+    try:
+        code = install(
+            scope="user" if user else "system",
+            config_path=options.config_path,
+            explicit_config=options.explicit_config,
+            engines=engines,
+            dry_run=dry_run,
+            echo=typer.echo,
+            service_user=service_user,
+            exec_path=exec_path,
+        )
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command("uninstall-service")
+def uninstall_service(user: ScopeOption = True, dry_run: DryRunOption = False) -> None:
+    """Stop, disable and remove the systemd service (config, credentials, models stay)."""
+    from supervisor.cli.service_commands import uninstall_service as uninstall
+
+    try:
+        code = uninstall(scope="user" if user else "system", dry_run=dry_run, echo=typer.echo)
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+studio_app = typer.Typer(help="Run and operate a local studio (self-hosting, trying the worker).")
+app.add_typer(studio_app, name="studio")
+StudioUrl = Annotated[str, typer.Option("--studio", metavar="URL", help="Local studio base URL.")]
+
+
+@studio_app.command("serve")
+def studio_serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 9790,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", metavar="DIR")] = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Approve every registration request at once.")
+    ] = False,
+    heartbeat_timeout: Annotated[float, typer.Option("--heartbeat-timeout")] = 30.0,
+) -> None:
+    """Serve the local studio until Ctrl-C (SQLite queue and assets under --data-dir)."""
+    from localstudio.__main__ import main as studio_main
+
+    argv = ["--host", host, "--port", str(port), "--heartbeat-timeout", str(heartbeat_timeout)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    if auto_approve:
+        argv.append("--auto-approve")
+    raise typer.Exit(studio_main(argv))
+
+
+@studio_app.command("pending")
+def studio_pending(studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL) -> None:
+    """List registration requests waiting for a decision."""
+    _run(lambda: studio_commands.pending(studio))
+
+
+@studio_app.command("approve")
+def studio_approve(
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
+) -> None:
+    """Approve a pending worker."""
+    _run(lambda: studio_commands.decide(studio, request_id, True))
+
+
+@studio_app.command("reject")
+def studio_reject(
+    request_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
+) -> None:
+    """Reject a pending worker."""
+    _run(lambda: studio_commands.decide(studio, request_id, False, reason))
+
+
+@studio_app.command("jobs")
+def studio_jobs(studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL) -> None:
+    """List the local studio's jobs."""
+    _run(lambda: studio_commands.list_jobs(studio))
+
+
+@app.command()
+def submit(
+    prompt: Annotated[
+        str, typer.Option("--prompt", help="Prompt; the input URL for audio_stt, text for tts.")
+    ],
+    kind: Annotated[str, typer.Option("--kind")] = "image",
+    model: Annotated[str, typer.Option("--model")] = "synthetic",
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="sd-cpp, llama-cpp or synthetic (implied for synthetic*)."),
+    ] = None,
+    file: Annotated[
+        list[str] | None,
+        typer.Option("--file", metavar="ROLE=URL[#SHA256]", help="A model file (repeatable)."),
+    ] = None,
+    width: Annotated[int | None, typer.Option("--width")] = None,
+    height: Annotated[int | None, typer.Option("--height")] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    ext: Annotated[str | None, typer.Option("--ext")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
+    system: Annotated[str | None, typer.Option("--system")] = None,
+    json_schema: Annotated[
+        str | None, typer.Option("--json-schema", help="A JSON schema (inline or a file).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where results are saved.")] = Path(),
+    timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+    studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
+) -> None:
+    """Queue a job on a local studio, wait for it, and save the asset or JSON."""
+    options: dict[str, object] = {}
+    if kind in ("image", "video"):
+        options.update(width=width, height=height, ext=ext)
+        if kind == "image":
+            options.update(steps=steps, seed=seed)
+    elif kind == "llm":
+        options.update(
+            max_tokens=max_tokens,
+            system=system,
+            seed=seed,
+            json_schema=studio_commands.parse_json_option(json_schema),
+        )
+    elif kind == "audio_tts":
+        options.update(ext=ext)
+    try:
+        task = studio_commands.build_task(kind, prompt, options)
+        source = studio_commands.build_source(model, engine, file or [])
+        ok, text = studio_commands.submit(
+            studio, task, source, model, out_dir=out, timeout_s=timeout
+        )
+    except WorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(text)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    """Console-script entry point (``supervisor``)."""
+    app(prog_name="supervisor")

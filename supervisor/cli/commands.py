@@ -1,0 +1,101 @@
+"""What each local CLI subcommand does, as plain functions that return the text to print.
+
+``cli.py`` only parses arguments and prints; the logic lives here so it is testable without
+a terminal and so new subcommands (``start``, ``status``, ``pause``...) sit beside these.
+None of these functions touches the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Final
+
+from supervisor import __version__
+from supervisor.config import load_config, render_config, save_config
+from supervisor.errors import UsageError
+from supervisor.studio.urls import normalize_base_url
+
+log = logging.getLogger("supervisor.commands")
+
+BUILD_VARIANT: Final = "cpu"
+START_HINT: Final = "run `supervisor start` to auto-register"
+
+REGISTRATION_FIELDS: Final = (
+    "worker_id",
+    "auth_token",
+    "registration_request_id",
+    "registration_secret",
+    "install_id",
+)
+
+
+def version_text() -> str:
+    """``studio-worker <version> (<variant>)``, as the Rust worker prints it."""
+    return f"studio-worker {__version__} ({BUILD_VARIANT})"
+
+
+def register(cfg_path: Path, *, api_base_url: str | None = None, reset: bool = False) -> str:
+    """Store ``api_base_url`` verbatim and/or clear local registration state; no network.
+
+    The next ``supervisor start`` submits a registration request. Raises UrlError for a URL
+    the worker could never use (the stored text stays exactly what was given otherwise).
+    """
+    cfg = load_config(cfg_path)
+    if api_base_url is not None:
+        normalize_base_url(api_base_url)
+        cfg = cfg.replace(api_base_url=api_base_url)
+    if reset:
+        cfg = cfg.replace(**dict.fromkeys(REGISTRATION_FIELDS))
+    save_config(cfg_path, cfg)
+    if reset:
+        return f"local registration state cleared; {START_HINT}"
+    return f"saved; {START_HINT} against {cfg.api_base_url}"
+
+
+def show_config(cfg_path: Path) -> str:
+    """``# <path>`` then the file's TOML, secrets included (it is the operator's own file)."""
+    cfg = load_config(cfg_path)
+    return f"# {cfg_path}\n{render_config(cfg)}"
+
+
+def _display_float(value: float) -> str:
+    """Rust's ``{}`` for f64: ``33`` for 33.0, ``12.5`` for 12.5."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def set_threshold(cfg_path: Path, gb: float) -> str:
+    """Save ``vram_threshold_gb`` (the largest job estimate this worker claims)."""
+    if not math.isfinite(gb) or gb < 0:
+        raise UsageError("threshold must be >= 0")
+    cfg = load_config(cfg_path).replace(vram_threshold_gb=gb)
+    save_config(cfg_path, cfg)
+    log.info('vram threshold set op="set_threshold" vram_threshold_gb=%s', gb)
+    return f"vram_threshold_gb = {_display_float(gb)}"
+
+
+def status(cfg_path: Path) -> str:
+    """The config lines of §8, then the live report of a running supervisor, if any."""
+    from supervisor.cli.status_view import render_status
+    from supervisor.ops.control import SupervisorNotRunning, ask, socket_path
+
+    cfg = load_config(cfg_path)
+    try:
+        reply = ask(socket_path(cfg_path), "status")
+    except SupervisorNotRunning:
+        return render_status(cfg_path, cfg, None)
+    return render_status(cfg_path, cfg, reply.status)
+
+
+def control(cfg_path: Path, cmd: str) -> str:
+    """Send ``pause`` / ``resume`` to the running supervisor."""
+    from supervisor.ops.control import SupervisorNotRunning, ask, socket_path
+
+    try:
+        reply = ask(socket_path(cfg_path), cmd)
+    except SupervisorNotRunning as exc:
+        raise UsageError(str(exc)) from None
+    if not reply.ok:
+        raise UsageError(reply.message)
+    return reply.message

@@ -1,0 +1,79 @@
+"""``supervisor start``: resolve options (``--local`` included) and run the supervisor.
+
+Registration polling: while a registration request waits for the operator, the supervisor
+asks the studio every 30 s (``registration.POLL_INTERVAL_S``). With ``--local`` the studio is
+on loopback and approves at once, so it asks every second instead. The environment variable
+``STUDIO_WORKER_REGISTRATION_POLL_S`` (seconds, > 0) overrides both: a testing/ops knob
+(the contract tests set it so an approval is picked up within a fraction of a second), not
+a setting an operator normally needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Final
+
+from engines.cpu_threads import THREADS_ENV, parse_threads_override
+from supervisor.cli.local_launch import local_config_path, local_studio
+from supervisor.config import load_config
+from supervisor.errors import UsageError
+from supervisor.logging_setup import configure_logging
+from supervisor.runtime import StartOptions, run_supervisor
+from supervisor.studio.registration import POLL_INTERVAL_S
+
+REGISTRATION_POLL_ENV: Final = "STUDIO_WORKER_REGISTRATION_POLL_S"
+LOCAL_REGISTRATION_POLL_S: Final = 1.0
+
+
+def registration_poll_s(*, local: bool) -> float:
+    """Seconds between registration polls: the env override, else 1 s local, 30 s otherwise."""
+    raw = os.environ.get(REGISTRATION_POLL_ENV, "").strip()
+    if not raw:
+        return LOCAL_REGISTRATION_POLL_S if local else POLL_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{REGISTRATION_POLL_ENV} must be a number of seconds > 0, got {raw!r}")
+    return value
+
+
+def check_threads_override() -> None:
+    """Refuse a bad ``STUDIO_WORKER_THREADS`` with a usage error before anything starts
+    (the pool reads it to give each engine host its ``--threads``)."""
+    try:
+        parse_threads_override(os.environ.get(THREADS_ENV, ""))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def run_start(
+    config_path: Path,
+    *,
+    explicit_config: bool,
+    engines: str | None,
+    local: bool,
+    local_port: int,
+    log_format: str | None,
+    metrics: str | None,
+    faults: str,
+) -> int:
+    if local and not explicit_config:
+        config_path = local_config_path()
+    poll_s = registration_poll_s(local=local)
+    check_threads_override()
+    cfg = load_config(config_path)
+    configure_logging(log_format or cfg.log_format)
+    opts = StartOptions(
+        config_path=config_path,
+        engines=engines,
+        faults=faults,
+        metrics_listen=metrics if metrics is not None else cfg.metrics_listen,
+        registration_poll_s=poll_s,
+    )
+    with local_studio(config_path, local_port) if local else contextlib.nullcontext():
+        return run_supervisor(opts)

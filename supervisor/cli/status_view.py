@@ -1,0 +1,96 @@
+"""Render ``supervisor status``: the Rust worker's config lines (§8), then what the running
+supervisor reports over the control socket (session, jobs, every slot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supervisor.config import WorkerConfig
+from supervisor.ops.control import StatusReport
+
+LABEL_WIDTH = 20
+
+
+def _line(label: str, value: object) -> str:
+    return f"{label + ':':<{LABEL_WIDTH}}{value}"
+
+
+def registration_text(cfg: WorkerConfig) -> str:
+    if cfg.worker_id and cfg.auth_token:
+        return f"approved as {cfg.worker_id}"
+    if cfg.registration_request_id:
+        return f"pending operator approval (request {cfg.registration_request_id})"
+    return "not registered (will auto-register on next launch)"
+
+
+def config_lines(cfg_path: Path, cfg: WorkerConfig) -> list[str]:
+    return [
+        _line("config path", cfg_path),
+        _line("api_base_url", cfg.api_base_url),
+        _line("registration", registration_text(cfg)),
+        _line("vram_threshold_gb", cfg.vram_threshold_gb),
+        _line("auto_start", str(cfg.auto_start).lower()),
+        _line("models_root", cfg.models_root),
+        _line("auto_update", str(cfg.auto_update_enabled).lower()),
+        _line("update_interval", f"{cfg.auto_update_interval_secs}s"),
+    ]
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}MiB"
+
+
+def live_lines(report: StatusReport) -> list[str]:
+    ack = report.seconds_since_heartbeat_ack
+    outcomes = ", ".join(f"{k}={v}" for k, v in sorted(report.job_outcomes.items())) or "none yet"
+    lines = [
+        _line("supervisor", f"running (pid {report.pid})"),
+        _line("session", report.session + (f" as {report.worker_id}" if report.worker_id else "")),
+        _line(
+            "claiming", "paused" if report.paused else "draining" if report.shutting_down else "on"
+        ),
+        _line("last heartbeat ack", "never" if ack is None else f"{ack:.1f}s ago"),
+        _line("reconnects", report.reconnects),
+        _line("jobs", outcomes),
+    ]
+    for job in report.jobs:
+        progress = f" {job.step}/{job.total}" if job.total else ""
+        lines.append(
+            f"  job {job.job_id} {job.kind} model={job.model} slot={job.slot} "
+            f"{job.phase}{progress} {job.running_s:.1f}s"
+        )
+    header = "  " + "".join(
+        f"{title:<{width}}"
+        for title, width in (
+            ("SLOT", 24),
+            ("STATE", 12),
+            ("PID", 9),
+            ("JOBS", 6),
+            ("RESTARTS", 14),
+            ("RSS", 10),
+            ("VRAM", 10),
+            ("JOB", 0),
+        )
+    )
+    lines.append("slots:")
+    lines.append(header)
+    for s in report.slots:
+        causes = ",".join(f"{k}={v}" for k, v in sorted(s.restart_causes.items()))
+        restarts = f"{s.restarts}" + (f" ({causes})" if causes else "")
+        state = s.state + (f" {s.parked_for_s:.0f}s" if s.parked_for_s is not None else "")
+        lines.append(
+            f"  {s.slot:<24}{state:<12}{s.pid or '-'!s:<9}{s.jobs_done:<6}{restarts:<14}"
+            f"{_mib(s.rss_bytes):<10}{_mib(s.vram_bytes):<10}{s.job_id or '-'}"
+        )
+        if s.last_exit:
+            lines.append(f"  {'':<24}last exit: {s.last_exit}")
+    return lines
+
+
+def render_status(cfg_path: Path, cfg: WorkerConfig, report: StatusReport | None) -> str:
+    lines = config_lines(cfg_path, cfg)
+    if report is None:
+        lines.append(_line("supervisor", "not running"))
+    else:
+        lines.extend(live_lines(report))
+    return "\n".join(lines)

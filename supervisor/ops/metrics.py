@@ -1,0 +1,205 @@
+"""Prometheus metrics and readiness, read from the live state at scrape time.
+
+``WorkerCollector`` is a custom collector: every scrape walks the pool's slots and the
+``WorkerState`` and turns what they hold right now into metric families. Nothing here
+counts anything itself, so the metrics cannot disagree with ``supervisor status``; the few
+series that need history (job durations, model load times, download bytes) are recorded
+where the events happen (``WorkerState.finish_job``, ``Slot.progress_stats``) and only read
+here. ``readiness`` answers ``/readyz``. This module never mutates the state and never
+does I/O; ``metrics_server`` serves it over HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.slot_state import SlotState
+from supervisor.stats import DurationHistogram
+from supervisor.studio.session_state import SessionPhase
+from supervisor.worker_state import WorkerState
+
+PREFIX: Final = "studio_worker"
+# Always exported (as 0 until they happen), so rate() and alerts work from the first scrape.
+JOB_OUTCOMES: Final = (
+    "done",
+    "failed_retryable",
+    "failed_final",
+    "rejected_busy",
+    "rejected_paused",
+)
+RESTART_CAUSES: Final = (
+    "exit",
+    "signal",
+    "hang",
+    "deadline",
+    "stall",
+    "ready_timeout",
+    "handshake",
+    "recycle",
+)
+SLOT_LABELS: Final = ("engine", "slot", "gpu")
+
+
+def readiness(pool: EnginePool, state: WorkerState) -> tuple[bool, str]:
+    """``/readyz``: welcomed by the studio and at least one slot serving, with the reason."""
+    if state.shutting_down:
+        return False, "shutting down"
+    if state.phase is not SessionPhase.WELCOMED:
+        return False, f"not welcomed by the studio (session {state.phase.value})"
+    serving = [s for s in pool.slots if s.is_serving]
+    if not serving:
+        slots = ", ".join(f"{s.slot_id}={s.state.value}" for s in pool.slots)
+        return False, f"no engine slot is ready ({slots})"
+    who = f" as {state.worker_id}" if state.worker_id else ""
+    return True, f"ready: welcomed{who}, {len(serving)} of {len(pool.slots)} slots serving"
+
+
+def _histogram_buckets(hist: DurationHistogram) -> list[tuple[str, float]]:
+    return [("+Inf" if math.isinf(b) else repr(b), float(n)) for b, n in hist.cumulative()]
+
+
+class WorkerCollector(Collector):
+    def __init__(self, pool: EnginePool, state: WorkerState) -> None:
+        self.pool = pool
+        self.state = state
+
+    def describe(self) -> list[Metric]:
+        # Families depend on the live state; describing them would mean collecting.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._session()
+        yield from self._jobs()
+        yield from self._slots()
+
+    # --- session --------------------------------------------------------------------------
+
+    def _session(self) -> Iterator[Metric]:
+        state = self.state
+        phase = GaugeMetricFamily(
+            f"{PREFIX}_session_phase",
+            "Studio session phase (1 for the current one).",
+            labels=["phase"],
+        )
+        for p in SessionPhase:
+            phase.add_metric([p.value], 1.0 if state.phase is p else 0.0)
+        yield phase
+        yield CounterMetricFamily(
+            f"{PREFIX}_session_reconnects",
+            "Studio sessions lost and retried since start.",
+            value=state.reconnects,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_sessions_welcomed",
+            "Studio sessions that reached welcome since start.",
+            value=state.sessions_welcomed,
+        )
+        age = state.seconds_since_heartbeat_ack()
+        if age is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_heartbeat_ack_age_seconds",
+                "Seconds since the studio last acknowledged a heartbeat.",
+                value=age,
+            )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_paused", "1 while claiming is paused by the operator.", value=state.paused
+        )
+        ready, _ = readiness(self.pool, state)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_ready", "1 when /readyz answers 200 (welcomed, a slot serving).", value=ready
+        )
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def _jobs(self) -> Iterator[Metric]:
+        state = self.state
+        outcomes = CounterMetricFamily(
+            f"{PREFIX}_jobs",
+            "Offers by outcome: done, failed_retryable, failed_final, rejected_busy, "
+            "rejected_paused.",
+            labels=["outcome"],
+        )
+        names = list(JOB_OUTCOMES) + sorted(set(state.job_outcomes) - set(JOB_OUTCOMES))
+        for name in names:
+            outcomes.add_metric([name], state.job_outcomes[name])
+        yield outcomes
+        yield GaugeMetricFamily(
+            f"{PREFIX}_jobs_running", "Jobs accepted and not yet finished.", value=len(state.jobs)
+        )
+        durations = HistogramMetricFamily(
+            f"{PREFIX}_job_duration_seconds",
+            "Accepted jobs, accept to result delivered (or failure), by kind and engine.",
+            labels=["kind", "engine"],
+        )
+        for (kind, engine), hist in sorted(state.job_seconds.items()):
+            durations.add_metric([kind, engine], _histogram_buckets(hist), hist.sum)
+        yield durations
+
+    # --- slots ----------------------------------------------------------------------------
+
+    def _slots(self) -> Iterator[Metric]:
+        labels = list(SLOT_LABELS)
+        slot_state = GaugeMetricFamily(
+            f"{PREFIX}_slot_state",
+            "Engine slot state (1 for the current one).",
+            labels=[*labels, "state"],
+        )
+        restarts = CounterMetricFamily(
+            f"{PREFIX}_engine_restarts",
+            "Engine host restarts by cause (exit, signal, hang, deadline, stall, "
+            "ready_timeout, handshake, recycle).",
+            labels=[*labels, "cause"],
+        )
+        jobs = CounterMetricFamily(
+            f"{PREFIX}_slot_jobs", "Jobs the slot's hosts finished (any result).", labels=labels
+        )
+        rss = GaugeMetricFamily(
+            f"{PREFIX}_host_rss_bytes", "Resident memory of the engine host.", labels=labels
+        )
+        vram = GaugeMetricFamily(
+            f"{PREFIX}_host_vram_bytes", "GPU memory used by the engine host.", labels=labels
+        )
+        loads = GaugeMetricFamily(
+            f"{PREFIX}_host_model_loads",
+            "Models loaded by the current engine host (resets when the host restarts).",
+            labels=labels,
+        )
+        load_time = HistogramMetricFamily(
+            f"{PREFIX}_model_load_seconds", "Time to load a model into a host.", labels=labels
+        )
+        downloaded = CounterMetricFamily(
+            f"{PREFIX}_download_bytes", "Model bytes downloaded by the slot's hosts.", labels=labels
+        )
+        for slot in self.pool.slots:
+            gpu = "" if slot.spec.gpu is None else str(slot.spec.gpu)
+            values = [slot.engine, slot.slot_id, gpu]
+            for s in SlotState:
+                slot_state.add_metric([*values, s.value], 1.0 if slot.state is s else 0.0)
+            counts = {str(cause): n for cause, n in slot.restart_causes.items()}
+            causes = list(RESTART_CAUSES) + sorted(set(counts) - set(RESTART_CAUSES))
+            for cause in causes:
+                restarts.add_metric([*values, cause], counts.get(cause, 0))
+            jobs.add_metric(values, slot.jobs_done)
+            hb = slot.last_heartbeat
+            if hb is not None:
+                rss.add_metric(values, hb.rss_bytes)
+                if hb.vram_bytes is not None:
+                    vram.add_metric(values, hb.vram_bytes)
+                loads.add_metric(values, hb.model_loads)
+            stats = slot.progress_stats
+            load_time.add_metric(
+                values, _histogram_buckets(stats.load_seconds), stats.load_seconds.sum
+            )
+            downloaded.add_metric(values, stats.download_bytes)
+        yield from (slot_state, restarts, jobs, rss, vram, loads, load_time, downloaded)

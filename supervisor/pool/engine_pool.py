@@ -1,0 +1,188 @@
+"""The engine pool: the ROUTER socket and every slot, plus the questions the session asks.
+
+``EnginePool.serve`` runs inside the supervisor's root task group until cancelled or
+drained. The session asks which engines exist and how many slots are free (for routing and
+busy rejects), reserves a slot when it accepts an offer and hands the job over with
+``execute``. Every status surface (``supervisor status``, metrics, capabilities) reads the
+slots themselves: there is no second bookkeeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
+
+from engines.cpu_threads import (
+    THREADS_ENV,
+    available_cores,
+    parse_threads_override,
+    threads_per_host,
+)
+from protocol.tasks import TASK_KINDS
+from supervisor.pool.ipc_router import IpcRouter
+from supervisor.pool.policies import PoisonJobs
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot import Slot
+from supervisor.pool.slot_spec import SlotSpec
+from supervisor.pool.slot_state import SlotState
+
+log = logging.getLogger("supervisor.pool")
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """What routing needs to know of one slot, read in the same step as the decision."""
+
+    slot_id: str
+    engine: str
+    free: bool
+
+
+def make_run_dir() -> Path:
+    """A private (0700) directory for the IPC socket; short, because ipc:// paths are."""
+    return Path(tempfile.mkdtemp(prefix="studio-worker-"))
+
+
+class EnginePool:
+    def __init__(self, specs: list[SlotSpec], settings: PoolSettings) -> None:
+        settings = _with_cpu_threads(specs, settings)
+        self.settings = settings
+        self.run_dir = make_run_dir()
+        self.router = IpcRouter(self.run_dir)
+        self.poison = PoisonJobs(settings.poison_strikes)
+        self._listeners: list[Callable[[], None]] = []
+        self.slots = [Slot(s, settings, self.router, self.poison, self._changed) for s in specs]
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the router and every slot until all slots are stopped (drain) or cancelled."""
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.router.serve)
+                async with anyio.create_task_group() as slots_tg:
+                    for slot in self.slots:
+                        slots_tg.start_soon(slot.run)
+                    task_status.started()
+                tg.cancel_scope.cancel()
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """True once every slot is ready (for start-up and tests)."""
+        with anyio.move_on_after(timeout_s):
+            for slot in self.slots:
+                while not await slot.wait_ready(timeout_s):
+                    pass
+            return True
+        return False
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking jobs, let running ones finish within ``grace_s``, then stop hosts."""
+        for slot in self.slots:
+            slot.request_drain()
+        with anyio.move_on_after(grace_s) as scope:
+            for slot in self.slots:
+                await slot.wait_stopped()
+        if scope.cancelled_caught:
+            busy = [s.slot_id for s in self.slots if s.state is not SlotState.STOPPED]
+            log.warning("drain grace of %.0f s over; stopping %s now", grace_s, ", ".join(busy))
+            for slot in self.slots:
+                slot.force_stop()
+            for slot in self.slots:
+                await slot.wait_stopped()
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Called on every slot state change (capability refresh, metrics)."""
+        self._listeners.append(fn)
+
+    def _changed(self) -> None:
+        for fn in self._listeners:
+            fn()
+
+    # --- questions for routing ------------------------------------------------------------
+
+    def views(self) -> list[SlotView]:
+        """Every slot as routing sees it, now."""
+        return [SlotView(s.slot_id, s.engine, s.is_free) for s in self.slots]
+
+    def free_slots(self, engine: str) -> int:
+        return sum(1 for s in self.slots if s.engine == engine and s.is_free)
+
+    def capacity(self) -> int:
+        """How many jobs this worker can run at once right now (slots serving)."""
+        return sum(1 for s in self.slots if s.is_serving)
+
+    def models_per_kind(self) -> dict[str, list[str]]:
+        """Union of what serving slots advertise, kinds in canonical order, first seen wins."""
+        merged: dict[str, list[str]] = {}
+        for kind in TASK_KINDS:
+            for slot in self.slots:
+                if slot.is_serving and slot.ready_info is not None:
+                    for model in slot.ready_info.models_per_kind.get(kind, []):
+                        bucket = merged.setdefault(kind, [])
+                        if model not in bucket:
+                            bucket.append(model)
+        return merged
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def slot(self, slot_id: str) -> Slot:
+        for slot in self.slots:
+            if slot.slot_id == slot_id:
+                return slot
+        raise KeyError(slot_id)
+
+    def reserve(self, slot_id: str) -> Slot:
+        """Claim the slot routing chose for a job about to be accepted. The caller reserves
+        in the same step as the decision (no ``await`` between), so the slot is still free."""
+        slot = self.slot(slot_id)
+        slot.core.reserve()
+        self._changed()
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """The accept never went out: the reservation is void."""
+        slot.core.release()
+        self._changed()
+
+
+def _with_cpu_threads(specs: list[SlotSpec], settings: PoolSettings) -> PoolSettings:
+    """Settings whose ``cpu_threads`` is resolved: each real engine host (GPU ones too: their
+    libraries still run threads on the CPU) gets an equal share of the cores, so hosts
+    computing at the same time do not oversubscribe them."""
+    computing = sum(spec.engine != "synthetic" for spec in specs)
+    if settings.cpu_threads is not None:
+        if settings.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be at least 1, got {settings.cpu_threads}")
+        return settings
+    if computing == 0:
+        return settings
+    cores = available_cores()
+    override = parse_threads_override(os.environ.get(THREADS_ENV, ""))
+    threads = override if override is not None else threads_per_host(cores, computing)
+    source = THREADS_ENV if override is not None else f"{cores} core(s) shared equally"
+    log.info(
+        "engine hosts compute on %d CPU thread(s) each (%s; %d engine slot(s))",
+        threads,
+        source,
+        computing,
+    )
+    if threads * computing > cores:
+        log.warning(
+            "%d engine slot(s) at %d CPU thread(s) each ask for more than the %d core(s) "
+            "available: jobs that run at the same time will slow each other down a lot",
+            computing,
+            threads,
+            cores,
+        )
+    return dataclasses.replace(settings, cpu_threads=threads)

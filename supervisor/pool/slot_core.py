@@ -1,0 +1,424 @@
+"""Everything that decides one slot's state, in one place, with no I/O (h11's rule).
+
+``SlotCore`` takes events (a host spawned, a message from it, its exit, a clock tick, a
+reservation, a drain request) and returns decisions (a ``Verdict`` that ends the host
+generation, what happens to a job, when to respawn). It owns the lifecycle table
+(``slot_state``) and every fact the table depends on: the reservation, the running job,
+draining, the recycle reason, the memory baselines, parking and the crash-loop guard. It
+has no event loop, no process and no socket: ``slot.Slot`` is the driver that spawns hosts,
+moves bytes and sleeps, and asks this core what to do at every step. Time is always an
+argument, so scenario tables test it without a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass
+from typing import Final, assert_never
+
+from protocol import ipc
+from supervisor.pool.job_outcome import JobFailedOutcome
+from supervisor.pool.liveness import RunningJobTimes, liveness_verdict
+from supervisor.pool.policies import CrashLoopDetector, PoisonJobs, backoff_s, recycle_reason
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot_state import SlotEvent, SlotState, slot_machine
+from supervisor.pool.verdict import LossCause, Verdict
+
+REASON_SHUTDOWN: Final = "shutdown"
+REASON_POISON: Final = "poison"
+REASON_NOT_READY: Final = "not_ready"
+
+
+class Drain(enum.Enum):
+    NO = "no"
+    POLITE = "polite"  # finish the running job, then stop
+    FORCED = "forced"  # stop now, failing a running job retryable
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    started: float
+    deadline_s: float
+    progress_at: float
+    attempt: int  # 1, or 2 for the one local retry after an out-of-memory failure
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.deadline_s
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start a new host generation now."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do before ``until`` (monotonic), unless a drain is requested."""
+
+    until: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The slot is done: leave the loop."""
+
+
+NextStep = Spawn | Wait | Stop
+
+
+@dataclass(frozen=True)
+class LostJob:
+    job_id: str
+    outcome: JobFailedOutcome
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the end of a host generation meant: the job it took down, and whether the slot
+    is now parked."""
+
+    lost: LostJob | None
+    parked: bool
+
+
+class SlotCore:
+    def __init__(self, slot_id: str, engine: str, settings: PoolSettings, poison: PoisonJobs):
+        self.slot_id = slot_id
+        self.engine = engine
+        self.settings = settings
+        self._poison = poison
+        self._machine = slot_machine(slot_id)
+        self._crash_loop = CrashLoopDetector(settings.crash_loop_max, settings.crash_loop_window_s)
+        self.generation = 0
+        self.ready: ipc.Ready | None = None
+        self.last_heartbeat: ipc.HostHeartbeat | None = None
+        self.reserved = False
+        self.job: JobRecord | None = None
+        self.held_for: str | None = None  # a job waiting to retry here after an OOM
+        self.drain = Drain.NO
+        self.recycle_reason: str | None = None
+        self.jobs_done = 0
+        self.restarts = 0
+        self.restart_causes: Counter[LossCause] = Counter()
+        self.last_exit: str | None = None
+        self.parked_until: float | None = None
+        self._attempt = 0  # consecutive crashes, for the backoff
+        self._resume_at = 0.0
+        self._spawned_at = 0.0
+        self._last_beat_at = 0.0
+        self._progress_seq = -1
+        self._baseline: tuple[int, int | None] | None = None  # (RSS, VRAM) after the last load
+        self._baseline_loads = -1
+
+    # --- views ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SlotState:
+        return self._machine.state
+
+    @property
+    def is_free(self) -> bool:
+        """May be reserved for a new job right now."""
+        return (
+            self.state is SlotState.READY
+            and not self.reserved
+            and self.job is None
+            and self.held_for is None
+            and self.drain is Drain.NO
+            and self.recycle_reason is None
+        )
+
+    @property
+    def is_serving(self) -> bool:
+        """Alive and advertising its models (ready or busy)."""
+        return self.state in (SlotState.READY, SlotState.BUSY) and self.ready is not None
+
+    def _apply(self, event: SlotEvent) -> None:
+        self._machine.apply(event)
+
+    # --- the host generation ----------------------------------------------------------------
+
+    def next_step(self, now: float) -> NextStep:
+        """What the driver does between host generations."""
+        if self.drain is not Drain.NO:
+            return Stop()
+        if now < self._resume_at:
+            return Wait(self._resume_at)
+        if self.state is SlotState.FAILED:
+            # The cool-down is over: a fresh start, with a clean crash history.
+            self._crash_loop.reset()
+            self._attempt = 0
+            self.parked_until = None
+        return Spawn()
+
+    def spawned(self, now: float) -> None:
+        self.generation += 1
+        self.ready = None
+        self.last_heartbeat = None
+        self.recycle_reason = None
+        self._baseline = None
+        self._baseline_loads = -1
+        self._spawned_at = now
+        self._apply(SlotEvent.SPAWNED)
+
+    def ready_received(self, msg: ipc.Ready, *, authentic: bool, now: float) -> Verdict | None:
+        if not authentic or msg.version != ipc.IPC_VERSION:
+            return Verdict(
+                LossCause.HANDSHAKE,
+                f"sent a bad handshake (IPC version {msg.version}, expected {ipc.IPC_VERSION})",
+            )
+        if self.ready is not None:
+            return None
+        self.ready = msg
+        self._last_beat_at = now
+        self._apply(SlotEvent.READY)
+        return self.planned_verdict()
+
+    def heartbeat_received(self, hb: ipc.HostHeartbeat, now: float) -> Verdict | None:
+        self.last_heartbeat = hb
+        self._last_beat_at = now
+        if hb.progress_seq != self._progress_seq:
+            self._progress_seq = hb.progress_seq
+            if self.job is not None:
+                self.job.progress_at = now
+        if hb.state == "idle" and hb.model_loads != self._baseline_loads:
+            # Levels right after a (re)load are the reference a leak is measured against.
+            self._baseline_loads = hb.model_loads
+            self._baseline = (hb.rss_bytes, hb.vram_bytes)
+        return self.planned_verdict()
+
+    def progress_received(self, job_id: str, now: float) -> bool:
+        """True when the progress belongs to the running job (and is passed on)."""
+        if self.job is None or self.job.job_id != job_id:
+            return False
+        self.job.progress_at = now
+        return True
+
+    def tick(self, now: float) -> Verdict | None:
+        planned = self.planned_verdict()
+        if planned is not None or self.drain is not Drain.NO:
+            return planned
+        job = self.job
+        hb = self.last_heartbeat
+        return liveness_verdict(
+            self.settings,
+            now,
+            ready=self.ready is not None,
+            spawned_at=self._spawned_at,
+            host_state=hb.state if hb else "idle",
+            last_beat_at=self._last_beat_at,
+            job=None
+            if job is None
+            else RunningJobTimes(job.deadline, job.deadline_s, job.progress_at),
+        )
+
+    def planned_verdict(self) -> Verdict | None:
+        """A stop the supervisor wants (drain, recycle), once the slot is between jobs."""
+        if self.drain is Drain.FORCED:
+            if self.job is not None:
+                return Verdict(LossCause.FORCED, "was stopped before its job finished")
+            return Verdict(LossCause.DRAIN, "supervisor shutting down")
+        if self.drain is Drain.POLITE:
+            return None if self.job is not None else Verdict(LossCause.DRAIN, "shutting down")
+        if self.recycle_reason and self.job is None and not self.reserved and not self.held_for:
+            return Verdict(LossCause.RECYCLE, self.recycle_reason)
+        return None
+
+    def host_exited(self, describe: str, signal_name: str | None) -> Verdict:
+        cause = LossCause.SIGNAL if signal_name else LossCause.EXIT
+        return Verdict(cause, f"died ({describe})")
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def reserve(self) -> None:
+        """Claim the slot for a job about to be accepted; the router saw it free."""
+        if not self.is_free:
+            raise RuntimeError(f"slot {self.slot_id} reserved while not free ({self.state.value})")
+        self.reserved = True
+
+    def release(self) -> None:
+        self.reserved = False
+
+    def hold_for_retry(self, job_id: str) -> None:
+        """Keep the slot out of routing until ``job_id`` is run again here (or let go)."""
+        self.held_for = job_id
+
+    def let_go(self, job_id: str) -> None:
+        if self.held_for == job_id:
+            self.held_for = None
+
+    def start_job(self, job_id: str, deadline_s: float, now: float) -> JobFailedOutcome | None:
+        """The job starts (the caller sends it to the host), or why it cannot."""
+        retry = self.held_for == job_id
+        claimed = self.reserved or retry
+        self.reserved = False
+        if retry:
+            self.held_for = None
+        if (
+            not claimed
+            or self.state is not SlotState.READY
+            or self.job is not None
+            or self.drain is not Drain.NO
+        ):
+            return JobFailedOutcome(
+                f"{self.engine} engine host {self.slot_id} is {self.state.value}; try again",
+                True,
+                REASON_NOT_READY,
+            )
+        self.job = JobRecord(job_id, now, deadline_s, now, 2 if retry else 1)
+        self._apply(SlotEvent.JOB_STARTED)
+        return None
+
+    def job_ended(self, job_id: str, *, out_of_memory: bool = False) -> bool:
+        """The host reported the job's result; False when it is not the running job. A
+        first out-of-memory failure holds the slot for the job's one local retry."""
+        job = self.job
+        if job is None or job.job_id != job_id:
+            return False
+        self.job = None
+        if out_of_memory and job.attempt == 1:
+            self.held_for = job_id
+        self.jobs_done += 1
+        self._apply(SlotEvent.JOB_FINISHED)
+        hb = self.last_heartbeat  # the host beats right before each result
+        if hb is not None:
+            base = self._baseline
+            self.recycle_reason = recycle_reason(
+                self.settings.recycle,
+                hb.jobs_done + 1 if hb.job_id == job_id else hb.jobs_done,
+                base[0] if base else None,
+                hb.rss_bytes,
+                base[1] if base else None,
+                hb.vram_bytes,
+            )
+        return True
+
+    def retry_pending(self, job_id: str) -> bool:
+        return self.held_for == job_id
+
+    # --- drain --------------------------------------------------------------------------------
+
+    def request_drain(self, *, forced: bool) -> Verdict | None:
+        """Stop taking jobs; a polite drain lets a running job finish first."""
+        if forced:
+            self.drain = Drain.FORCED
+        elif self.drain is Drain.NO:
+            self.drain = Drain.POLITE
+        if self.state is SlotState.BUSY:
+            self._apply(SlotEvent.DRAIN)
+        if self.state in (SlotState.STARTING, SlotState.READY, SlotState.DRAINING):
+            return self.planned_verdict()
+        return None
+
+    # --- the end of a generation ------------------------------------------------------------
+
+    def leave_generation(self, verdict: Verdict) -> None:
+        """Move the state as soon as the verdict is in, before the host is stopped, so no
+        job is handed to a host on its way out (a polite stop can take seconds)."""
+        match verdict.cause:
+            case LossCause.RECYCLE | LossCause.UNLOAD_STUCK:
+                self._apply(SlotEvent.RECYCLE)
+            case LossCause.DRAIN | LossCause.FORCED:
+                if self.state is not SlotState.DRAINING:
+                    self._apply(SlotEvent.DRAIN)
+            case _:
+                self._apply(SlotEvent.HOST_LOST)
+
+    def settle(self, verdict: Verdict, exit_text: str | None, now: float) -> Settled:
+        """The host is gone: count it, fail the job it ran, decide when to respawn."""
+        self.last_exit = exit_text
+        self.reserved = False
+        lost = self._lost_job(verdict)
+        if self.state is SlotState.DRAINING:
+            self._apply(SlotEvent.STOPPED)
+        if verdict.final or self.state is SlotState.STOPPED:
+            return Settled(lost, parked=False)
+        self.restarts += 1
+        self.restart_causes[verdict.cause] += 1
+        if verdict.cause is LossCause.WRONG_DEVICE:
+            # Restarting cannot move the engine onto the GPU: wait for the operator.
+            self._park(now)
+        elif not verdict.crash:
+            self._attempt = 0
+            self._resume_at = now
+        else:
+            self._attempt += 1
+            self._resume_at = now + backoff_s(
+                self._attempt,
+                self.settings.restart_backoff_base_s,
+                self.settings.restart_backoff_max_s,
+            )
+            if self._crash_loop.record(now):
+                self._park(now)
+        return Settled(lost, parked=self.state is SlotState.FAILED)
+
+    def spawn_failed(self, error: str, now: float) -> None:
+        """The process could not even be started: back off like a crash."""
+        self.last_exit = f"spawn failed: {error}"
+        self.restarts += 1
+        self.restart_causes[LossCause.SPAWN] += 1
+        self._attempt += 1
+        self._resume_at = now + backoff_s(
+            self._attempt, self.settings.restart_backoff_base_s, self.settings.restart_backoff_max_s
+        )
+        if self.state is SlotState.FAILED or self._crash_loop.record(now):
+            self._park(now)
+
+    def _park(self, now: float) -> None:
+        self.parked_until = self._resume_at = now + self.settings.crash_loop_cooldown_s
+        if self.state is SlotState.RESTARTING:
+            self._apply(SlotEvent.PARK)
+
+    @property
+    def crash_loop_count(self) -> int:
+        return self._crash_loop.recent
+
+    def _lost_job(self, verdict: Verdict) -> LostJob | None:
+        job = self.job
+        if job is None:
+            return None
+        self.job = None
+        if verdict.cause is LossCause.VRAM_OOM and job.attempt == 1:
+            self.held_for = job.job_id
+        return LostJob(job.job_id, self._failure_for(job, verdict))
+
+    def _failure_for(self, job: JobRecord, verdict: Verdict) -> JobFailedOutcome:
+        job_id = job.job_id
+        if verdict.final:
+            return JobFailedOutcome(
+                f"worker shut down before job {job_id} finished on the {self.engine} engine",
+                True,
+                REASON_SHUTDOWN,
+            )
+        text = (
+            f"{self.engine} engine host (slot {self.slot_id}) {verdict.detail} during job {job_id}"
+        )
+        if not verdict.strikes_job:
+            return JobFailedOutcome(text, True, verdict.cause.value)
+        strikes = self._poison.record(job_id)
+        if self._poison.is_poison(job_id):
+            return JobFailedOutcome(
+                f"{text}; this job has now taken down an engine host {strikes} times, "
+                "so it is not retried",
+                False,
+                REASON_POISON,
+            )
+        return JobFailedOutcome(text, True, verdict.cause.value)
+
+    def stop(self) -> None:
+        """The driver's loop is over: end in STOPPED from wherever the slot stands."""
+        match self.state:
+            case SlotState.READY | SlotState.BUSY:
+                self._apply(SlotEvent.DRAIN)
+                self._apply(SlotEvent.STOPPED)
+            case SlotState.DRAINING:
+                self._apply(SlotEvent.STOPPED)
+            case SlotState.STARTING | SlotState.RESTARTING | SlotState.FAILED:
+                self._apply(SlotEvent.DRAIN)
+            case SlotState.STOPPED:
+                pass
+            case _:
+                assert_never(self.state)

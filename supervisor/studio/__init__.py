@@ -1,0 +1,3 @@
+"""The studio side of the supervisor: registration, the WebSocket session, offers, results
+and shipped logs (protocol.md). It reaches the engines only through ``supervisor.pool``.
+"""
