@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from protocol.ipc import LogLevelName, ProgressPhase
+from protocol.ipc import ComputeDevice, LogLevelName, ProgressPhase
 from protocol.tasks import ModelSource, Task, TaskKindName
 
 
@@ -81,6 +81,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: JobContext) -> EngineResult:
         """Run one job; raise ``engines.errors.EngineError`` (or a subclass) on failure."""
+
+    def compute_device(self) -> ComputeDevice:
+        """Where this engine computes, for ``Ready`` (a GPU slot's host on the CPU is
+        refused by the supervisor). Backends that can use a GPU report what they found."""
+        return ComputeDevice("cpu")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free nothing
         """Free the loaded model before the host exits."""

@@ -209,6 +209,7 @@ class EngineHost:
             pid=os.getpid(),
             models_per_kind={k: list(v) for k, v in self.engine.advertised_models().items()},
             library_versions=self.engine.library_versions(),
+            compute=self.engine.compute_device(),
         )
 
     def refresh_vram(self) -> None:
@@ -314,6 +315,8 @@ class EngineHost:
                     self.cancelled.set()
             case ipc.Shutdown():
                 self._stop_at = time.monotonic() + msg.grace_s
+            case ipc.LoadGrant() | ipc.Unload() | ipc.Probe():
+                pass  # GPU memory protocol: wired by the next change
             case None:
                 pass
             case _:

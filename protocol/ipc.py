@@ -4,6 +4,11 @@ One tagged union per direction. Both ends ship together, so unknown fields are r
 the first message a host sends (``Ready``) carries ``IPC_VERSION`` and the per-spawn token
 the supervisor handed it. Big binary results never go inside msgpack: a ``JobDone`` with
 ``payload_bytes > 0`` is followed by exactly one raw ZeroMQ frame holding them.
+
+GPU memory: a host launched with ``--ask-before-load`` sends ``LoadRequest`` before it loads
+a model and waits for ``LoadGrant``; it reports every change of what it keeps loaded with
+``Resident``, and unloads what ``Unload`` names. ``Probe`` asks a fresh host to prove its GPU
+works (initialise the backend, allocate and free a small buffer): ``ProbeResult``.
 """
 
 from __future__ import annotations
@@ -14,15 +19,32 @@ import msgspec
 
 from protocol.tasks import ModelSource, Task
 
-IPC_VERSION: Final = 1
+IPC_VERSION: Final = 2
 
 HostState = Literal["idle", "downloading", "loading", "generating"]
+# What a host computes on, as its inference library reports it ("simulated": a simulated GPU).
+Backend = Literal["cuda", "rocm", "vulkan", "metal", "cpu", "simulated"]
 ProgressPhase = Literal["downloading", "loading", "generating"]
 LogLevelName = Literal["debug", "info", "warn", "error"]
 
 
 class _Msg(msgspec.Struct, forbid_unknown_fields=True, tag_field="t"):
     pass
+
+
+class ComputeDevice(msgspec.Struct, forbid_unknown_fields=True):
+    """Where a host's engine computes: the backend and, on a GPU, the device it sees."""
+
+    backend: Backend
+    name: str = ""
+    uuid: str = ""  # NVML's form, ``GPU-…``, where the backend can tell
+
+
+class ResidentModel(msgspec.Struct, forbid_unknown_fields=True):
+    """One model a host keeps loaded, by its load key (``engines.load_keys``)."""
+
+    load_key: str
+    size_bytes: int  # the host's own figure (0 when it cannot tell); NVML measures the rest
 
 
 # --- host -> supervisor -------------------------------------------------------------------
@@ -36,6 +58,7 @@ class Ready(_Msg, tag="ready"):
     pid: int
     models_per_kind: dict[str, list[str]]
     library_versions: dict[str, str]
+    compute: ComputeDevice
 
 
 class HostHeartbeat(_Msg, tag="hb"):
@@ -77,7 +100,36 @@ class HostLog(_Msg, tag="log"):
     job_id: str | None = None
 
 
-HostMessage = Ready | HostHeartbeat | Progress | JobDone | JobFailed | HostLog
+class LoadRequest(_Msg, tag="load_request"):
+    """About to load ``load_key`` for ``job_id`` (after any download); waits for a grant."""
+
+    job_id: str
+    load_key: str
+    estimate_bytes: int  # the host's own guess (file sizes); 0 when it has none
+
+
+class Resident(_Msg, tag="resident"):
+    """Everything the host keeps loaded now, most recently used last."""
+
+    models: list[ResidentModel]
+
+
+class ProbeResult(_Msg, tag="probe_result"):
+    ok: bool
+    detail: str
+
+
+HostMessage = (
+    Ready
+    | HostHeartbeat
+    | Progress
+    | JobDone
+    | JobFailed
+    | HostLog
+    | LoadRequest
+    | Resident
+    | ProbeResult
+)
 
 # --- supervisor -> host -------------------------------------------------------------------
 
@@ -98,13 +150,36 @@ class Shutdown(_Msg, tag="shutdown"):
     grace_s: float
 
 
-SupervisorMessage = RunJob | CancelJob | Shutdown
+class LoadGrant(_Msg, tag="load_grant"):
+    """The answer to ``LoadRequest``: load now, or fail the job with ``reason``."""
+
+    job_id: str
+    granted: bool
+    reason: str = ""
+
+
+class Unload(_Msg, tag="unload"):
+    """Unload these models if loaded (between jobs); the host answers with ``Resident``."""
+
+    load_keys: list[str]
+
+
+class Probe(_Msg, tag="probe"):
+    """Initialise the GPU backend, allocate and free ``bytes``, answer ``ProbeResult``."""
+
+    bytes: int
+
+
+SupervisorMessage = RunJob | CancelJob | Shutdown | LoadGrant | Unload | Probe
 
 # Failure reason codes a host reports (``JobFailed.reason``).
 REASON_UNSUPPORTED: Final = "unsupported"
 REASON_ENGINE_ERROR: Final = "engine_error"
 REASON_BAD_INPUT: Final = "bad_input"
 REASON_CANCELLED: Final = "cancelled"
+REASON_VRAM_OOM: Final = "vram_oom"  # the GPU ran out of memory (the engine's own words)
+REASON_DEVICE_ERROR: Final = "device_error"  # the GPU faulted (illegal address, launch failure)
+REASON_NO_MEMORY: Final = "vram_unavailable"  # the supervisor refused the load: it cannot fit
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _host_decoder: Final[msgspec.msgpack.Decoder[HostMessage]] = msgspec.msgpack.Decoder(HostMessage)

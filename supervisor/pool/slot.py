@@ -433,6 +433,8 @@ class Slot:
                     msg.job_id or "-",
                     extra={"job_id": msg.job_id} if msg.job_id else None,
                 )
+            case ipc.LoadRequest() | ipc.Resident() | ipc.ProbeResult():
+                pass  # GPU memory protocol: wired by the next change
             case _:
                 assert_never(msg)
         return self.core.planned_verdict()

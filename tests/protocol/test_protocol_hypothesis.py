@@ -301,6 +301,12 @@ host_messages: st.SearchStrategy[ipc.HostMessage] = st.one_of(
         pid=st.integers(1, 2**31),
         models_per_kind=st.dictionaries(text, st.lists(text, max_size=3), max_size=3),
         library_versions=st.dictionaries(text, text, max_size=3),
+        compute=st.builds(
+            ipc.ComputeDevice,
+            backend=st.sampled_from(["cuda", "rocm", "vulkan", "metal", "cpu", "simulated"]),
+            name=text,
+            uuid=text,
+        ),
     ),
     st.builds(
         ipc.HostHeartbeat,
@@ -335,6 +341,15 @@ host_messages: st.SearchStrategy[ipc.HostMessage] = st.one_of(
         message=text,
         job_id=opt_text,
     ),
+    st.builds(ipc.LoadRequest, job_id=text, load_key=text, estimate_bytes=st.integers(0, 2**50)),
+    st.builds(
+        ipc.Resident,
+        models=st.lists(
+            st.builds(ipc.ResidentModel, load_key=text, size_bytes=st.integers(0, 2**50)),
+            max_size=4,
+        ),
+    ),
+    st.builds(ipc.ProbeResult, ok=st.booleans(), detail=text),
 )
 supervisor_messages: st.SearchStrategy[ipc.SupervisorMessage] = st.one_of(
     st.builds(
@@ -347,6 +362,9 @@ supervisor_messages: st.SearchStrategy[ipc.SupervisorMessage] = st.one_of(
     ),
     st.builds(ipc.CancelJob, job_id=text),
     st.builds(ipc.Shutdown, grace_s=floats),
+    st.builds(ipc.LoadGrant, job_id=text, granted=st.booleans(), reason=text),
+    st.builds(ipc.Unload, load_keys=st.lists(text, max_size=4)),
+    st.builds(ipc.Probe, bytes=st.integers(0, 2**40)),
 )
 
 

@@ -11,17 +11,25 @@ import pytest
 from protocol.ipc import (
     IPC_VERSION,
     CancelJob,
+    ComputeDevice,
     HostHeartbeat,
     HostLog,
     HostMessage,
     IpcDecodeError,
     JobDone,
     JobFailed,
+    LoadGrant,
+    LoadRequest,
+    Probe,
+    ProbeResult,
     Progress,
     Ready,
+    Resident,
+    ResidentModel,
     RunJob,
     Shutdown,
     SupervisorMessage,
+    Unload,
     decode_host,
     decode_supervisor,
     encode,
@@ -51,6 +59,7 @@ HOST_MESSAGES: list[HostMessage] = [
         pid=4242,
         models_per_kind={"image": ["sd-cpp:*"]},
         library_versions={"stable_diffusion_cpp": "0.4.0"},
+        compute=ComputeDevice("cuda", "NVIDIA H200", "GPU-5c3e1f2a-0000-0000-0000-000000000001"),
     ),
     HostHeartbeat(
         state="generating",
@@ -73,6 +82,9 @@ HOST_MESSAGES: list[HostMessage] = [
     ),
     HostLog(level="debug", message="loaded"),
     HostLog(level="warn", message="slow step", job_id="job-1"),
+    LoadRequest(job_id="job-1", load_key="sdcpp:abc", estimate_bytes=2**32),
+    Resident(models=[ResidentModel("sdcpp:abc", 2**32), ResidentModel("sdcpp:def", 0)]),
+    ProbeResult(ok=False, detail="cudaMalloc failed: an illegal memory access"),
 ]
 
 SUPERVISOR_MESSAGES: list[SupervisorMessage] = [
@@ -95,6 +107,10 @@ SUPERVISOR_MESSAGES: list[SupervisorMessage] = [
     ),
     CancelJob(job_id="job-1"),
     Shutdown(grace_s=5.0),
+    LoadGrant(job_id="job-1", granted=True),
+    LoadGrant(job_id="job-2", granted=False, reason="14.0 GiB do not fit on GPU 0"),
+    Unload(load_keys=["sdcpp:abc"]),
+    Probe(bytes=2**26),
 ]
 
 
@@ -115,13 +131,36 @@ def test_supervisor_messages_round_trip(msg: SupervisorMessage) -> None:
 
 def test_tags() -> None:
     tags = [raw(m)["t"] for m in HOST_MESSAGES]
-    assert tags == ["ready", "hb", "progress", "progress", "done", "done", "failed", "log", "log"]
-    assert [raw(m)["t"] for m in SUPERVISOR_MESSAGES] == ["run", "run", "run", "cancel", "shutdown"]
+    assert tags == [
+        "ready",
+        "hb",
+        "progress",
+        "progress",
+        "done",
+        "done",
+        "failed",
+        "log",
+        "log",
+        "load_request",
+        "resident",
+        "probe_result",
+    ]
+    assert [raw(m)["t"] for m in SUPERVISOR_MESSAGES] == [
+        "run",
+        "run",
+        "run",
+        "cancel",
+        "shutdown",
+        "load_grant",
+        "load_grant",
+        "unload",
+        "probe",
+    ]
 
 
 def test_ipc_version() -> None:
-    assert IPC_VERSION == 1
-    assert raw(HOST_MESSAGES[0])["version"] == 1
+    assert IPC_VERSION == 2
+    assert raw(HOST_MESSAGES[0])["version"] == 2
 
 
 def test_nested_task_keeps_studio_wire_names() -> None:

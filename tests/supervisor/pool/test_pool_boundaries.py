@@ -104,7 +104,16 @@ async def test_impostor_with_a_wrong_token_is_refused_and_the_slot_recovers(tmp_
         slot = run.slot
         await run.wait_until(lambda: slot.state is SlotState.STARTING, 5.0, "a host spawned")
         identity = f"{slot.slot_id}.{slot.generation}"
-        forged = ipc.Ready(ipc.IPC_VERSION, "not-the-token", "synthetic", identity, 1, {}, {})
+        forged = ipc.Ready(
+            ipc.IPC_VERSION,
+            "not-the-token",
+            "synthetic",
+            identity,
+            1,
+            {},
+            {},
+            ipc.ComputeDevice("cpu"),
+        )
         with dealer(run.pool.router.endpoint, identity) as sock:
             sock.send(b"\xc1 garbage first")
             sock.send(ipc.encode(forged))

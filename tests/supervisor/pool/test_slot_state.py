@@ -85,7 +85,7 @@ def test_every_illegal_transition_raises_and_changes_nothing(
 
 
 def test_stopped_is_final() -> None:
-    assert not any(at(S.STOPPED).can(e) for e in SlotEvent)
+    assert not any(at(S.STOPPED).allows(e) for e in SlotEvent)
 
 
 def test_every_state_but_stopped_can_be_drained_or_lost_towards_a_stop() -> None:

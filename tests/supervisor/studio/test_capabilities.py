@@ -10,9 +10,9 @@ import pytest
 
 from protocol.studio import Capabilities, encode_json
 from supervisor import __version__
-from supervisor.studio import capabilities as caps_module
 from supervisor.config import WorkerConfig
 from supervisor.machine_facts import parse_nvidia_smi_mib, sysfs_vram_mib
+from supervisor.studio import capabilities as caps_module
 from supervisor.studio.capabilities import ENGINE_NAME, build_capabilities, summary_line
 
 SYNTHETIC_PER_KIND = {
