@@ -20,7 +20,7 @@ from engines.parent_watch import die_with_parent
 TOKEN_ENV = "STUDIO_WORKER_HOST_TOKEN"
 
 
-def _thread_count(text: str) -> int:
+def _at_least_one(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
@@ -37,9 +37,20 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--faults", default="", help="synthetic fault options, e.g. slow-start=2")
     p.add_argument(
         "--threads",
-        type=_thread_count,
+        type=_at_least_one,
         default=None,
         help="CPU threads for the inference library (default: every available core)",
+    )
+    p.add_argument(
+        "--ask-before-load",
+        action="store_true",
+        help="send LoadRequest and wait for the supervisor's LoadGrant before every model load",
+    )
+    p.add_argument(
+        "--max-warm-models",
+        type=_at_least_one,
+        default=1,
+        help="models kept loaded at once; the least recently used is unloaded first",
     )
     return p.parse_args(argv)
 
@@ -68,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
         apply_start_faults(parse_fault_options(args.faults))
     try:
-        engine = create_engine(args.engine, args.models_root, args.faults, args.threads)
+        engine = create_engine(
+            args.engine, args.models_root, args.faults, args.threads, args.max_warm_models
+        )
     except Exception as exc:
         print(
             f"engine `{args.engine}` failed to load: {type(exc).__name__}: {exc}", file=sys.stderr
@@ -82,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         models_root=args.models_root,
         parent_pid=args.parent_pid,
         heartbeat_s=args.heartbeat_s,
+        ask_before_load=args.ask_before_load,
     )
     code = EngineHost(options, engine).serve()
     engine.close()

@@ -1,9 +1,12 @@
 """The interface every backend implements, and the job context the host hands it.
 
-A backend is constructed once per host process and keeps its model warm between jobs. It
-runs one job at a time on the host's job thread; it reports progress through
-``JobContext.progress`` (the supervisor's liveness signal for long jobs) and must not
-write protocol to stdout/stderr, which are log streams.
+A backend is constructed once per host process and keeps up to ``max_warm_models`` models
+warm between jobs, each under the job's load key (``engines.load_keys``), evicting the least
+recently used before a load that would exceed it. It runs one job at a time on the host's job
+thread (jobs, unloads and probes alike, so none of them ever overlap); it reports progress
+through ``JobContext.progress`` (the supervisor's liveness signal for long jobs), calls
+``JobContext.before_load`` right before every load so the supervisor can keep GPU memory
+apart, and must not write protocol to stdout/stderr, which are log streams.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from protocol.ipc import ComputeDevice, LogLevelName, ProgressPhase
+from engines.load_keys import load_key as compute_load_key
+from protocol.ipc import ComputeDevice, LogLevelName, ProgressPhase, ResidentModel
 from protocol.tasks import ModelSource, Task, TaskKindName
 
 
@@ -48,6 +52,11 @@ def _no_log(level: LogLevelName, message: str) -> None:
     del level, message
 
 
+def load_at_once(estimate_bytes: int) -> None:
+    """``before_load`` of a host that does not ask the supervisor: every load may go ahead."""
+    del estimate_bytes
+
+
 @dataclass
 class JobContext:
     """Everything a backend needs for one job; callbacks are safe to call from any thread."""
@@ -60,6 +69,19 @@ class JobContext:
     progress: ProgressFn = _no_progress
     log: LogFn = _no_log
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # The key the loaded model is kept under; the host fills it, "" means "compute it".
+    load_key: str = ""
+    # Called right before loading a model that is not resident, with the engine's own size
+    # estimate in bytes (0: none). Blocks until the load may go ahead; raises ``LoadRefused``
+    # when the supervisor refuses it, ``EngineError("cancelled")`` when the job is cancelled
+    # while it waits.
+    before_load: Callable[[int], None] = load_at_once
+    # The studio's estimate of the job's GPU memory (``RunJob.vram_estimate_bytes``); 0: none.
+    vram_estimate_bytes: int = 0
+
+    def key_for(self, engine: str) -> str:
+        """The load key of this job on ``engine``: the host's, or computed from the claim."""
+        return self.load_key or compute_load_key(engine, self.model, self.model_source, self.task)
 
 
 class Engine(abc.ABC):
@@ -69,6 +91,8 @@ class Engine(abc.ABC):
 
     def __init__(self) -> None:
         self.model_loads = 0
+        # How many models to keep loaded at once (the host's ``--max-warm-models``).
+        self.max_warm_models = 1
 
     @abc.abstractmethod
     def advertised_models(self) -> dict[TaskKindName, list[str]]:
@@ -87,5 +111,21 @@ class Engine(abc.ABC):
         refused by the supervisor). Backends that can use a GPU report what they found."""
         return ComputeDevice("cpu")
 
+    def resident(self) -> list[ResidentModel]:
+        """The models kept loaded now, by load key, least recently used first."""
+        return []
+
+    def unload(self, load_key: str) -> bool:
+        """Free the model kept under ``load_key``; False when none is. Between jobs only."""
+        del load_key
+        return False
+
+    def probe_device(self, nbytes: int) -> str:
+        """Initialise the compute backend on the host's device, allocate and free ``nbytes``
+        and say what was done; raise ``EngineError`` when the device fails. A backend on the
+        CPU has nothing to prove."""
+        del nbytes
+        return "cpu: nothing to probe"
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends free nothing
-        """Free the loaded model before the host exits."""
+        """Free the loaded models before the host exits."""

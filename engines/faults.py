@@ -1,11 +1,13 @@
 """Fault injection for the synthetic engine: the misbehaviour the pool's reliability tests need.
 
 Two sources select a fault. Per job, the model id of a synthetic job (``FaultModel``): the
-process crashes, dies by a signal, freezes, runs slowly, leaks memory or fails the job. Per
-process, an option string given to the host (``parse_fault_options``): a slow or crashing
-start, the slow-job length, the leak size, and a crash on the (N+1)-th job. This module only
-misbehaves when asked; it never touches the IPC channel and knows nothing of the host loop
-beyond the two hooks ``apply_start_faults`` and ``apply_job_fault``. POSIX only.
+process crashes, dies by a signal, freezes, runs slowly, leaks memory or fails the job; on a
+simulated GPU (``engines.synthetic_vram``, which acts on the last two) it also runs out of
+GPU memory or leaks the model's GPU memory at the next unload. Per process, an option string
+given to the host (``parse_fault_options``): a slow or crashing start, the slow-job length,
+the leak size, a crash on the (N+1)-th job, and a false report of the compute device. This
+module only misbehaves when asked; it never touches the IPC channel and knows nothing of the
+host loop beyond the two hooks ``apply_start_faults`` and ``apply_job_fault``. POSIX only.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class FaultModel(enum.StrEnum):
     SLOW = "synthetic-slow"  # takes slow_job_s seconds, progress every 0.2 s, cancellable
     LEAK = "synthetic-leak"  # keeps leak_mb_per_job MiB of touched memory, then succeeds
     FAIL = "synthetic-fail"  # raises a retryable EngineError
+    OOM = "synthetic-oom"  # after the model load, generation fails: the GPU out of memory
+    NOFREE = "synthetic-nofree"  # succeeds; the next unload frees nothing on the sim GPU
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,16 @@ class FaultOptions:
     slow_job_s: float = DEFAULT_SLOW_JOB_S
     leak_mb_per_job: int = DEFAULT_LEAK_MB_PER_JOB
     crash_after: int | None = None  # exit with CRASH_EXIT_CODE when starting job N+1
+    backend_cpu: bool = False  # Ready says the CPU even on a simulated GPU
+    wrong_device: bool = False  # Ready names a made-up GPU UUID instead of the pinned one
 
 
 # Option key -> FaultOptions field, by the kind of value the option takes.
-_FLAG_OPTIONS: Final = {"crash-on-start": "crash_on_start"}
+_FLAG_OPTIONS: Final = {
+    "crash-on-start": "crash_on_start",
+    "backend-cpu": "backend_cpu",
+    "wrong-device": "wrong_device",
+}
 _SECONDS_OPTIONS: Final = {"slow-start": "slow_start_s", "slow-job": "slow_job_s"}
 _COUNT_OPTIONS: Final = {"leak-mb": "leak_mb_per_job", "crash-after": "crash_after"}
 _OPTION_KEYS: Final = (*_SECONDS_OPTIONS, *_FLAG_OPTIONS, *_COUNT_OPTIONS)
@@ -67,7 +77,8 @@ _LEAKED: list[bytes] = []
 
 
 def parse_fault_options(text: str) -> FaultOptions:
-    """Parse ``"slow-start=2.5,crash-on-start,slow-job=5,leak-mb=32,crash-after=2"``.
+    """Parse ``"slow-start=2.5,crash-on-start,slow-job=5,leak-mb=32,crash-after=2"`` (and the
+    flags ``backend-cpu``, ``wrong-device``).
 
     Items are comma-separated and may be given in any order; blank text gives the defaults.
     Raises ``ValueError`` naming the item for an unknown or repeated key, a missing, extra or
@@ -158,6 +169,8 @@ def apply_job_fault(model: str, ctx: JobContext, opts: FaultOptions, jobs_starte
             ctx.log("warn", f"fault: this process now holds {held_mb} MiB of leaked memory")
         case FaultModel.FAIL:
             raise EngineError("synthetic failure requested")
+        case FaultModel.OOM | FaultModel.NOFREE:
+            pass  # after the model load: engines.synthetic_vram
         case _:
             assert_never(fault)
 

@@ -1,7 +1,8 @@
 """The llama engine: chat completions from GGUF models through llama-cpp-python (§9.5).
 
 One job: fetch the offer's files (``engines.provision``, llama layout), pick the GGUF,
-keep it loaded across jobs (reloaded only when the file or the context size changes),
+keep it loaded across jobs under the job's load key (up to ``max_warm_models`` models, the
+least recently used evicted first; one is reloaded when its file changed on disk),
 render the model's own chat template, refuse a prompt that leaves no room to answer,
 then generate token by token with progress as the liveness signal, honouring stop
 strings, cancellation and ``jsonSchema`` (a grammar built from the schema constrains
@@ -17,16 +18,12 @@ corrupt or truncated file fails the job with llama.cpp's reason instead of a bar
 from __future__ import annotations
 
 import codecs
-import collections
 import ctypes
 import json
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import jinja2
 import llama_cpp
 from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
@@ -34,7 +31,16 @@ from engines.base import Engine, JobContext, JsonResult
 from engines.chat_template import merge_kwargs, render_chat
 from engines.cpu_threads import engine_threads
 from engines.errors import EngineError, UnsupportedTask
+from engines.ggml_device import GgmlRegistry, compute_device, probe_device
 from engines.gguf_meta import GgufFormatError, training_context
+from engines.llama_model import (
+    FileIdentity,
+    LoadedModel,
+    capture_native_logs,
+    free_model,
+    load_errors,
+    load_model,
+)
 from engines.llm_core import (
     Finish,
     StopHold,
@@ -48,62 +54,13 @@ from engines.llm_core import (
 )
 from engines.progress_throttle import PROGRESS_INTERVAL_S, ProgressThrottle
 from engines.provision import LLM_SUBDIR, ensure_model_files
+from engines.warm_models import WarmModels
+from protocol.ipc import ComputeDevice, ResidentModel
 from protocol.tasks import LlmTask, ModelSource, TaskKindName, task_kind
 
 WILDCARD_MODEL: Final = "llama-cpp:*"
 DEFAULT_SEED: Final = 1234
-MAX_BATCH: Final = 512
-# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama-cpp-python's own
-# callback still maps the older numbering, so it drops load errors as "debug").
-_GGML_LOG_WARN: Final = 3
-_GGML_LOG_ERROR: Final = 4
 _SEED_MODULUS: Final = 0xFFFFFFFF  # u32 seeds, but llama.cpp reads 0xFFFFFFFF as "random"
-
-# llama.cpp's error lines from the current load; filled by the log callback below.
-_load_errors: collections.deque[str] = collections.deque(maxlen=4)
-
-
-def _on_llama_log(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp's warnings and errors go to stderr (a log stream); errors are also kept
-    for the message of a failed load."""
-    del user_data
-    if level not in (_GGML_LOG_WARN, _GGML_LOG_ERROR) or not text:
-        return
-    line = text.decode("utf-8", errors="replace").strip()
-    if level == _GGML_LOG_ERROR:
-        _load_errors.append(line)
-    print(line, file=sys.stderr, flush=True)
-
-
-_LOG_CALLBACK: Final = llama_cpp.llama_log_callback(_on_llama_log)
-
-
-@dataclass(frozen=True)
-class _FileIdentity:
-    path: Path
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: Path) -> _FileIdentity:
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise EngineError(f"cannot read model file {path}: {exc}") from exc
-        return cls(path.resolve(), st.st_size, st.st_mtime_ns)
-
-
-@dataclass
-class _LoadedModel:
-    identity: _FileIdentity
-    n_ctx: int
-    n_ctx_train: int
-    llama: llama_cpp.Llama
-    vocab: llama_cpp.llama_vocab_p
-    chat_template: str | None
-    adds_bos: bool
-    bos_text: str
-    eos_text: str
 
 
 class LlamaEngine(Engine):
@@ -113,11 +70,11 @@ class LlamaEngine(Engine):
         super().__init__()
         self.models_root = models_root
         self._llm_dir = models_root / LLM_SUBDIR
-        self._loaded: _LoadedModel | None = None
+        self._warm: WarmModels[LoadedModel] = WarmModels(free_model)
         self.threads = threads if threads is not None else engine_threads()
         # Token reports are paced (the last always sent); 0 reports every token.
         self.progress_interval_s = PROGRESS_INTERVAL_S
-        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        capture_native_logs()
 
     # --- Engine interface -----------------------------------------------------------------
 
@@ -144,10 +101,24 @@ class LlamaEngine(Engine):
             completion_json(ctx.model, text, len(tokens), generated, finish, elapsed_ms)
         )
 
+    def resident(self) -> list[ResidentModel]:
+        return self._warm.resident()
+
+    def unload(self, load_key: str) -> bool:
+        return self._warm.discard(load_key)
+
+    def compute_device(self) -> ComputeDevice:
+        if not llama_cpp.llama_supports_gpu_offload():
+            return ComputeDevice("cpu")
+        return compute_device(GgmlRegistry(llama_cpp.llama_cpp._lib))
+
+    def probe_device(self, nbytes: int) -> str:
+        load_errors.clear()
+        registry = GgmlRegistry(llama_cpp.llama_cpp._lib)
+        return probe_device(registry, nbytes, lambda: "; ".join(load_errors))
+
     def close(self) -> None:
-        loaded, self._loaded = self._loaded, None
-        if loaded is not None:
-            loaded.llama.close()
+        self._warm.clear()
 
     # --- model files ----------------------------------------------------------------------
 
@@ -190,9 +161,10 @@ class LlamaEngine(Engine):
 
     # --- loading --------------------------------------------------------------------------
 
-    def _ensure_loaded(self, ctx: JobContext, path: Path) -> _LoadedModel:
-        identity = _FileIdentity.of(path)
-        loaded = self._loaded
+    def _ensure_loaded(self, ctx: JobContext, path: Path) -> LoadedModel:
+        key = ctx.key_for(self.name)
+        identity = FileIdentity.of(path)
+        loaded = self._warm.use(key)
         if loaded is not None and loaded.identity == identity:
             n_train = loaded.n_ctx_train
         else:
@@ -203,12 +175,15 @@ class LlamaEngine(Engine):
         n_ctx = effective_context(ctx.model_source.cli_defaults.context_size, n_train)
         if loaded is not None and loaded.identity == identity and loaded.n_ctx == n_ctx:
             return loaded
-        self.close()  # free the old model before the new one takes its memory
+        self._warm.discard(key)  # the file changed on disk since it was loaded
+        # Free before asking: the evicted models' memory is free when the supervisor decides.
+        self._warm.make_room(self.max_warm_models)
+        ctx.before_load(identity.size)
         ctx.progress("loading", 0, 1, path.name)
         started = time.monotonic()
-        loaded = self._load(identity, n_ctx, n_train, self.threads)
+        loaded = load_model(identity, n_ctx, n_train, self.threads)
         self.model_loads += 1
-        self._loaded = loaded
+        self._warm.add(key, loaded, identity.size)
         ctx.progress("loading", 1, 1, path.name)
         ctx.log(
             "info",
@@ -217,49 +192,10 @@ class LlamaEngine(Engine):
         )
         return loaded
 
-    @staticmethod
-    def _load(identity: _FileIdentity, n_ctx: int, n_train: int, threads: int) -> _LoadedModel:
-        path = identity.path
-        _load_errors.clear()
-        try:
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=min(MAX_BATCH, n_ctx),
-                n_gpu_layers=-1,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-        except jinja2.TemplateError as exc:
-            # llama-cpp-python compiles the GGUF's template while loading.
-            raise EngineError(f"chat template: {exc}") from exc
-        except Exception as exc:
-            reason = "; ".join(_load_errors) or str(exc)
-            raise EngineError(
-                f"llama.cpp could not load {path.name}: {reason} (a corrupt or truncated "
-                "file, an architecture this llama-cpp-python "
-                f"{llama_cpp.__version__} does not know, or too little memory)"
-            ) from exc
-        vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        bos, eos = llama.token_bos(), llama.token_eos()
-        template = llama.metadata.get("tokenizer.chat_template")
-        return _LoadedModel(
-            identity=identity,
-            n_ctx=n_ctx,
-            n_ctx_train=n_train,
-            llama=llama,
-            vocab=vocab,
-            chat_template=template or None,
-            adds_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
-            bos_text=_token_text(vocab, bos),
-            eos_text=_token_text(vocab, eos),
-        )
-
     # --- prompt and generation ------------------------------------------------------------
 
     @staticmethod
-    def _prompt_tokens(loaded: _LoadedModel, task: LlmTask, source: ModelSource) -> list[int]:
+    def _prompt_tokens(loaded: LoadedModel, task: LlmTask, source: ModelSource) -> list[int]:
         if loaded.chat_template is None:
             raise EngineError("model has no chat template (tokenizer.chat_template)")
         prompt = render_chat(
@@ -278,7 +214,7 @@ class LlamaEngine(Engine):
     @staticmethod
     def _generate(
         ctx: JobContext,
-        loaded: _LoadedModel,
+        loaded: LoadedModel,
         task: LlmTask,
         tokens: list[int],
         budget: int,
@@ -352,13 +288,6 @@ def _grammar(schema: Any, vocab: llama_cpp.llama_vocab_p) -> LlamaGrammar:
 
 def _seed(seed: int | None) -> int:
     return DEFAULT_SEED if seed is None else seed % _SEED_MODULUS
-
-
-def _token_text(vocab: llama_cpp.llama_vocab_p, token: int) -> str:
-    if token < 0:
-        return ""
-    text: bytes = llama_cpp.llama_vocab_get_text(vocab, token)
-    return text.decode("utf-8", errors="replace")
 
 
 def _piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:

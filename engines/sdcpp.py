@@ -1,13 +1,15 @@
 """The sd-cpp engine: image jobs on stable-diffusion.cpp, in process, with the model kept warm.
 
 The Rust worker spawned ``sd-cli`` per job and paid the model load every time; this engine
-loads through stable-diffusion-cpp-python and keeps the model until a job needs other files
-or other load-time options (``engines.sdcpp_args`` decides both from the offer, with sd-cli's
-semantics). A job: provision the model files, download its input images (same https gate,
+loads through stable-diffusion-cpp-python and keeps up to ``max_warm_models`` models, each
+under the job's load key (``engines.load_keys``: the files and load-time options that
+``engines.sdcpp_args`` reads from the offer, with sd-cli's semantics), evicting the least
+recently used before a load that would exceed that; a model whose files changed on disk is
+reloaded. A job: provision the model files, download its input images (same https gate,
 decoded by content; a failed download fails the job, there is no text-to-image fallback),
 load if needed, sample, encode as the task's ``ext``. It must not print to stdout/stderr:
-the library's log lines go to the ``engines.sdcpp.native`` logger (warnings and errors, or
-everything with ``STUDIO_WORKER_SDCPP_VERBOSE=1``) and its first errors into job failures.
+the library's log lines go to the ``engines.sdcpp.native`` logger (``engines.sdcpp_hooks``)
+and its first errors into job failures.
 
 The library cannot stop a generation once started: ``ctx.cancelled`` is honoured between
 phases (provisioning, input downloads, load, sampling, encoding), so a cancel during
@@ -19,17 +21,11 @@ input images; ``EngineError`` (retryable) for a load or a generation the library
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import io
 import logging
-import os
-import re
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +36,7 @@ from PIL import Image
 from engines.base import BinaryResult, Engine, EngineResult, JobContext
 from engines.cpu_threads import engine_threads
 from engines.errors import EngineError, ProvisionError, UnsupportedTask
+from engines.ggml_device import GgmlRegistry, compute_device, probe_device
 from engines.provision import download_input_image, ensure_model_files
 from engines.sdcpp_args import (
     GenerationPlan,
@@ -50,88 +47,27 @@ from engines.sdcpp_args import (
     plan_generation,
     plan_load,
 )
+from engines.sdcpp_hooks import StepFn, native_hooks
+from engines.warm_models import WarmModels
+from protocol.ipc import ComputeDevice, ResidentModel
 from protocol.tasks import ImageTask, TaskKindName, task_kind
 
-log = logging.getLogger("engines.sdcpp")
-native_log = logging.getLogger("engines.sdcpp.native")
-
-VERBOSE_ENV: Final = "STUDIO_WORKER_SDCPP_VERBOSE"
 LIBRARY: Final = "stable-diffusion-cpp-python"
 _WRAPPER_LOGGER: Final = "stable-diffusion-cpp-python"
-_NATIVE_LEVELS: Final = {0: logging.DEBUG, 1: logging.INFO, 2: logging.WARNING, 3: logging.ERROR}
-_KEPT_ERRORS: Final = 3
-_SOURCE_PREFIX: Final = re.compile(r"^[\w.+-]+:\d+\s+-\s+")  # "model.cpp:1035 - "
-
-StepFn = Callable[[int, int], None]
-
-
-class _NativeHooks:
-    """The library's process-wide progress and log callbacks, installed once and kept alive.
-
-    stable-diffusion.cpp holds one progress and one log callback per process. The wrapper's
-    ``progress_callback=`` argument installs a ctypes thunk that dies when the call returns,
-    while the library keeps calling it (the next model load reports per-tensor progress), so
-    this engine never passes it and routes its own long-lived thunk to the current job.
-    """
-
-    def __init__(self, verbose: bool) -> None:
-        self.verbose = verbose
-        self.errors: list[str] = []  # the first few of the current phase: the cause comes first
-        self._on_step: StepFn | None = None
-        self._progress_thunk = sd_cpp.sd_progress_callback(self._progress)
-        self._log_thunk = sd_cpp.sd_log_callback(self._log)
-        sd_cpp.sd_set_progress_callback(self._progress_thunk, ctypes.c_void_p(0))
-        sd_cpp.sd_set_log_callback(self._log_thunk, ctypes.c_void_p(0))
-
-    @contextmanager
-    def reporting(self, on_step: StepFn | None) -> Iterator[None]:
-        """Route progress reports to ``on_step`` and collect fresh errors for the duration."""
-        self.errors.clear()
-        self._on_step = on_step
-        try:
-            yield
-        finally:
-            self._on_step = None
-
-    def first_errors(self) -> str:
-        return "; ".join(self.errors)
-
-    def _progress(self, step: int, steps: int, _time: float, _data: object) -> None:
-        on_step = self._on_step
-        if on_step is None:
-            return
-        try:
-            on_step(step, steps)
-        except Exception:  # an exception must not unwind through C frames
-            log.exception("progress report failed")
-
-    def _log(self, level: int, text: bytes | None, _data: object) -> None:
-        line = (text or b"").decode("utf-8", errors="replace").strip()
-        py_level = _NATIVE_LEVELS.get(level, logging.ERROR)
-        if py_level >= logging.ERROR and len(self.errors) < _KEPT_ERRORS:
-            self.errors.append(_SOURCE_PREFIX.sub("", line))
-        if self.verbose or py_level >= logging.WARNING:
-            native_log.log(py_level, "%s", line)
-
-
-_hooks_lock = threading.Lock()
-_hooks: _NativeHooks | None = None
-
-
-def native_hooks() -> _NativeHooks:
-    """The process's hooks, installed on first use (the verbosity of the first caller wins)."""
-    global _hooks
-    with _hooks_lock:
-        if _hooks is None:
-            verbose = os.environ.get(VERBOSE_ENV, "").lower() not in ("", "0", "false", "no")
-            _hooks = _NativeHooks(verbose)
-        return _hooks
 
 
 @dataclass(frozen=True)
-class _LoadKey:
+class _Identity:
+    """What a loaded model was loaded from: equal identities share the model."""
+
     plan: LoadPlan
     stamps: tuple[tuple[str, int, int], ...]  # (path, size, mtime_ns) of every weight file
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: Any  # sd_cpp.StableDiffusion
+    identity: _Identity
 
 
 @dataclass(frozen=True)
@@ -142,7 +78,7 @@ class _Inputs:
 
 
 class SdCppEngine(Engine):
-    """Image jobs for ``modelSource.engine == "sd-cpp"``; one model in memory at a time."""
+    """Image jobs for ``modelSource.engine == "sd-cpp"``; ``max_warm_models`` kept loaded."""
 
     name = "sdcpp"
 
@@ -150,8 +86,7 @@ class SdCppEngine(Engine):
         super().__init__()
         self.models_root = models_root
         self._hooks = native_hooks()
-        self._model: Any = None
-        self._key: _LoadKey | None = None
+        self._warm: WarmModels[_Loaded] = WarmModels(_free)
         self.threads = threads if threads is not None else engine_threads()
 
     def advertised_models(self) -> dict[TaskKindName, list[str]]:
@@ -185,23 +120,44 @@ class SdCppEngine(Engine):
         _check_cancelled(ctx)
         return _encode(image, plan, task.ext, ctx)
 
+    def resident(self) -> list[ResidentModel]:
+        return self._warm.resident()
+
+    def unload(self, load_key: str) -> bool:
+        return self._warm.discard(load_key)
+
+    def compute_device(self) -> ComputeDevice:
+        return compute_device(GgmlRegistry(sd_cpp.stable_diffusion_cpp._lib))
+
+    def probe_device(self, nbytes: int) -> str:
+        registry = GgmlRegistry(sd_cpp.stable_diffusion_cpp._lib)
+        with self._hooks.reporting(None):
+            return probe_device(registry, nbytes, self._hooks.first_errors)
+
     def close(self) -> None:
-        self._unload()
+        self._warm.clear()
 
     def _ensure_loaded(self, plan: LoadPlan, ctx: JobContext) -> Any:
+        key = ctx.key_for(self.name)
         try:
-            key = _LoadKey(plan, tuple(_stamp(p) for p in plan.files()))
+            stamps = tuple(_stamp(p) for p in plan.files())
         except OSError as exc:
             raise EngineError(f"cannot read the sd-cpp model files: {exc}") from exc
-        if self._model is not None and self._key == key:
-            return self._model
-        self._unload()  # before loading, so the old weights' memory is free for the new
+        identity = _Identity(plan, stamps)
+        loaded = self._warm.use(key)
+        if loaded is not None and loaded.identity == identity:
+            return loaded.model
+        self._warm.discard(key)  # its files changed on disk since it was loaded
+        # Before asking and loading, so the evicted weights' memory is free for the new.
+        self._warm.make_room(self.max_warm_models)
         _check_cancelled(ctx)
+        size = sum(size for _, size, _ in stamps)
+        ctx.before_load(size)
         names = ", ".join(p.name for p in plan.files())
         ctx.progress("loading", 0, 1, names)
         started = time.monotonic()
         model = self._load(plan, names)
-        self._model, self._key = model, key
+        self._warm.add(key, _Loaded(model, identity), size)
         self.model_loads += 1
         ctx.progress("loading", 1, 1, names)
         ctx.log(
@@ -238,13 +194,6 @@ class SdCppEngine(Engine):
                 reason = self._hooks.first_errors() or "stable-diffusion.cpp returned no context"
                 raise EngineError(f"cannot load the sd-cpp model ({names}): {reason}")
         return model
-
-    def _unload(self) -> None:
-        model, self._model, self._key = self._model, None, None
-        if model is not None:
-            model.close()
-            del model
-            gc.collect()
 
     def _generate(
         self, model: Any, plan: GenerationPlan, load: LoadPlan, inputs: _Inputs, ctx: JobContext
@@ -358,6 +307,13 @@ def _discard_failed(model: Any) -> None:
     if inner is not None:
         inner.model = None  # nothing to free, and free_sd_ctx(NULL) would segfault
     model.close()
+
+
+def _free(key: str, loaded: _Loaded) -> None:
+    del key
+    loaded.model.close()
+    del loaded
+    gc.collect()
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:

@@ -11,9 +11,10 @@ figure the worker computes for itself: each engine host writes what it has alloc
 own file, ``<STUDIO_WORKER_SIM_GPU_DIR>/<pid>.json``, and a device's used memory is
 ``foreign_mib`` plus the allocations of the hosts that are still alive (a killed process
 frees its VRAM). ``per_process: false`` hides the per-process figures, as a container does
-(the driver reports host PIDs there, so none match).
+(the driver reports host PIDs there, so none match). ``healthy: false`` makes the device
+fail a health probe, so tests can hold a suspect GPU suspect.
 
-Used by the supervisor's simulated NVML (``supervisor.gpu.simulated``) and by engine hosts
+Used by the supervisor's simulated NVML (``supervisor.gpu.simulated_source``) and by engine hosts
 on a simulated device (the synthetic engine). Pure data and small file I/O: no inference
 library, no supervisor import.
 """
@@ -32,6 +33,9 @@ import psutil
 CONFIG_ENV: Final = "STUDIO_WORKER_SIMULATED_GPUS"
 ALLOC_DIR_ENV: Final = "STUDIO_WORKER_SIM_GPU_DIR"
 MIB: Final = 2**20
+# psutil's process start times are good to about a second (the boot time it adds is in whole
+# seconds), so a start this much later than the file's last write still counts as before it.
+START_TIME_SLACK_S: Final = 2.0
 
 
 class SimDevice(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,6 +45,7 @@ class SimDevice(msgspec.Struct, forbid_unknown_fields=True):
     foreign_mib: int = 0
     uuid: str = ""
     per_process: bool = True
+    healthy: bool = True  # false: the device faults (a probe fails), until set back to true
 
     @property
     def device_uuid(self) -> str:
@@ -84,14 +89,32 @@ def read_config(path: Path) -> SimConfig:
     indices = [d.index for d in config.devices]
     if sorted(indices) != list(range(len(indices))):
         raise SimulatedGpuError(f"{CONFIG_ENV} file {path}: indices must be 0..N-1")
+    uuids = [d.device_uuid for d in config.devices]
+    if len(set(uuids)) != len(uuids):
+        # Allocations name their device by UUID: two devices sharing one would both count them.
+        raise SimulatedGpuError(f"{CONFIG_ENV} file {path}: device UUIDs must be unique")
+    for d in config.devices:
+        if d.total_mib <= 0 or d.foreign_mib < 0:
+            raise SimulatedGpuError(
+                f"{CONFIG_ENV} file {path}: device {d.index} needs total_mib > 0 and "
+                f"foreign_mib >= 0 (got {d.total_mib} and {d.foreign_mib})"
+            )
     return config
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, written_at: float) -> bool:
+    """Whether the host that last wrote its file at ``written_at`` (epoch seconds) is still
+    running: not gone, not a zombie (its memory is freed at exit, before the reaping), and
+    not a newer process that was given the dead host's pid."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return process.create_time() <= written_at + START_TIME_SLACK_S
     except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return True  # it exists; a process we may not inspect is taken at its word
 
 
 def live_allocations(alloc_dir: Path) -> list[HostAllocations]:
@@ -103,10 +126,11 @@ def live_allocations(alloc_dir: Path) -> list[HostAllocations]:
         return found
     for path in entries:
         try:
+            written_at = path.stat().st_mtime
             record = _alloc_decoder.decode(path.read_bytes())
         except (OSError, msgspec.DecodeError):
             continue  # being replaced right now, or gone: the next sample sees it
-        if _alive(record.pid):
+        if _alive(record.pid, written_at):
             found.append(record)
     return found
 

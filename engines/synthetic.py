@@ -5,8 +5,10 @@ function of the prompt (image, video, LLM), the input URL (STT) or the text (TTS
 the pool's reliability tests can check results byte for byte. The ``f32`` arithmetic of the
 Rust code is reproduced by rounding each step to single precision; ``sin``/``cos`` are the
 correctly rounded values, which may differ from a platform ``sinf`` by one unit in the last
-place on a few inputs. Fault injection (``engines.faults``) runs before each job. This
-module must not import numpy (a test-only dependency) or any inference library.
+place on a few inputs. Fault injection (``engines.faults``) runs before each job. On a
+simulated GPU the engine also loads, keeps and frees "models" in GPU memory like a real
+engine (``engines.synthetic_vram``). This module must not import numpy (a test-only
+dependency) or any inference library.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from PIL import Image, ImageChops, ImageMath
 from engines.base import BinaryResult, Engine, EngineResult, JobContext, JsonResult
 from engines.errors import EngineError
 from engines.faults import FaultOptions, apply_job_fault
+from engines.synthetic_vram import SimulatedGpu, raise_oom_fault, transient_bytes
+from protocol.ipc import ComputeDevice, ResidentModel
 from protocol.tasks import (
     AudioSttTask,
     AudioTtsTask,
@@ -250,6 +254,8 @@ class SyntheticEngine(Engine):
         super().__init__()
         self.faults = faults if faults is not None else FaultOptions()
         self.jobs_started = 0
+        # The simulated GPU this host is pinned to (None: the CPU, nothing to load).
+        self.gpu = SimulatedGpu.from_environment(self.faults)
 
     def advertised_models(self) -> dict[TaskKindName, list[str]]:
         return {
@@ -263,11 +269,36 @@ class SyntheticEngine(Engine):
     def library_versions(self) -> dict[str, str]:
         return {"pillow": PIL.__version__}
 
+    def compute_device(self) -> ComputeDevice:
+        return ComputeDevice("cpu") if self.gpu is None else self.gpu.compute_device()
+
+    def resident(self) -> list[ResidentModel]:
+        return [] if self.gpu is None else self.gpu.resident()
+
+    def unload(self, load_key: str) -> bool:
+        return self.gpu is not None and self.gpu.unload(load_key)
+
+    def probe_device(self, nbytes: int) -> str:
+        return super().probe_device(nbytes) if self.gpu is None else self.gpu.probe(nbytes)
+
+    def close(self) -> None:
+        if self.gpu is not None:
+            self.gpu.close()
+
     def run(self, ctx: JobContext) -> EngineResult:
         earlier_jobs = self.jobs_started
         self.jobs_started += 1
         apply_job_fault(ctx.model, ctx, self.faults, earlier_jobs)
         _check_cancelled(ctx)
+        if self.gpu is None:
+            raise_oom_fault(ctx, transient_bytes(ctx.vram_estimate_bytes))
+            return self._produce(ctx)
+        if self.gpu.load(ctx, self.max_warm_models):
+            self.model_loads += 1
+        with self.gpu.generating(ctx):
+            return self._produce(ctx)
+
+    def _produce(self, ctx: JobContext) -> EngineResult:
         if ctx.model == BLOB_MODEL:
             return BinaryResult(synthetic_blob(prompt_for(ctx.task)), BLOB_EXT)
         ctx.progress("generating", 0, 2, "")

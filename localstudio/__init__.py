@@ -9,9 +9,10 @@ The supervisor never imports this package.
 
 Modules: ``server`` (LocalStudio, serve), ``client`` (sync and async API clients),
 ``dispatcher`` (offers and outcomes), ``connection`` (the WebSocket driver), ``session``,
-``selection`` and ``jobs`` (pure rules), ``store`` and ``schema`` (SQLite),
-``worker_api`` and ``local_api`` (HTTP routes), ``api_types`` and ``views`` (local API
-wire types), ``assets``, ``auth``, ``errors``.
+``selection`` and ``jobs`` (pure rules), ``store`` (one SQLite connection shared by
+``job_queue``, ``worker_registry`` and ``log_archive``), ``records`` (row types) and
+``schema``, ``worker_api`` and ``local_api`` (HTTP routes), ``api_types`` and ``views``
+(local API wire types), ``assets``, ``auth``, ``errors``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """``python -m localstudio``: serve the local studio until SIGINT/SIGTERM.
 
-The first line on stdout is ``local studio listening on <base url>``; ``supervisor start
---local`` reads it to learn the port. ``supervisor studio serve`` runs the same code.
+The first line on stdout is ``local studio listening on <base url> (...)``; ``supervisor
+start --local`` reads it to learn the port. ``supervisor studio serve`` runs the same code.
+``--one-offer-per-worker`` offers like the cloud studio: one job at a time per worker,
+whatever ``maxConcurrentJobs`` it advertises.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import anyio
 
+from localstudio.selection import OfferRule
 from localstudio.server import DEFAULT_HEARTBEAT_TIMEOUT_S, LocalStudio
 
 ADMIN_TOKEN_ENV = "STUDIO_LOCAL_ADMIN_TOKEN"
@@ -27,17 +30,25 @@ def default_data_dir() -> Path:
 
 
 async def serve_until_signalled(
-    data_dir: Path, host: str, port: int, *, auto_approve: bool, heartbeat_timeout_s: float
+    data_dir: Path,
+    host: str,
+    port: int,
+    *,
+    auto_approve: bool,
+    heartbeat_timeout_s: float,
+    offer_rule: OfferRule = OfferRule.PER_CAPACITY,
 ) -> None:
     studio = LocalStudio(
         data_dir,
         auto_approve=auto_approve,
         heartbeat_timeout_s=heartbeat_timeout_s,
         admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+        offer_rule=offer_rule,
     )
     async with anyio.create_task_group() as tg:
         url = await tg.start(studio.serve, host, port)
-        print(f"{READY_PREFIX}{url} (data in {data_dir})", flush=True)
+        mode = "; one offer per worker" if offer_rule is OfferRule.ONE_PER_WORKER else ""
+        print(f"{READY_PREFIX}{url} (data in {data_dir}{mode})", flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
@@ -51,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--auto-approve", action="store_true")
     p.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_HEARTBEAT_TIMEOUT_S)
+    p.add_argument(
+        "--one-offer-per-worker",
+        action="store_true",
+        help="offer each worker one job at a time, like the cloud studio (default: up to "
+        "the maxConcurrentJobs it advertises)",
+    )
     args = p.parse_args(argv)
+    rule = OfferRule.ONE_PER_WORKER if args.one_offer_per_worker else OfferRule.PER_CAPACITY
     anyio.run(
         functools.partial(
             serve_until_signalled,
@@ -60,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             auto_approve=args.auto_approve,
             heartbeat_timeout_s=args.heartbeat_timeout,
+            offer_rule=rule,
         ),
         backend="asyncio",
     )

@@ -15,7 +15,12 @@ Decisions the real studio leaves open (see also the module docs of ``jobs``):
   worker, same token: a reconnect after a half-open socket) and the older one is closed
   4003; unanswered offers of the older one are requeued;
 - while the server shuts down, sessions end without releasing anything: the restart
-  puts every orphaned claim back in the queue without counting an attempt.
+  puts every orphaned claim back in the queue without counting an attempt;
+- how many jobs one worker holds at once is the ``OfferRule`` (``selection``): up to its
+  ``maxConcurrentJobs`` by default, or the cloud studio's one offer per worker. Under
+  both, a transient reject (``busy``/``paused``) requeues the job and holds that worker
+  off until its next heartbeat or completion, as the cloud studio's idle-heartbeat
+  self-heal does (flows.md §6): an immediate re-offer would spin.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import msgspec
 from localstudio.auth import secret_matches
 from localstudio.errors import ProtocolViolationError
 from localstudio.jobs import is_transient_reject
+from localstudio.records import JobRecord, NewJob
 from localstudio.schema import utc_now
-from localstudio.selection import JobNeeds, has_free_capacity, pick_worker
+from localstudio.selection import JobNeeds, OfferRule, has_free_capacity, pick_worker
 from localstudio.session import SessionState, WorkerSession
-from localstudio.store import JobRecord, NewJob, Store
+from localstudio.store import Store
 from protocol.studio import (
     ERROR_AUTH_FAILED,
     ERROR_DUPLICATE_WORKER,
@@ -67,8 +73,11 @@ _source_decoder = msgspec.json.Decoder(ModelSource)
 class Dispatcher:
     """Live sessions plus the offer pipeline over one ``Store``."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, store: Store, offer_rule: OfferRule = OfferRule.PER_CAPACITY) -> None:
+        self._jobs = store.jobs
+        self._workers = store.workers
+        self._logs = store.logs
+        self._offer_rule = offer_rule
         self._sessions: dict[str, WorkerSession] = {}
         self._seq = itertools.count(1)
         self._changed = anyio.Event()
@@ -77,7 +86,7 @@ class Dispatcher:
     # --- sessions -------------------------------------------------------------------------
 
     def token_valid(self, worker_id: str, token: str) -> bool:
-        worker = self._store.worker(worker_id)
+        worker = self._workers.get(worker_id)
         return worker is not None and secret_matches(token, worker.token_hash)
 
     def session_of(self, worker_id: str) -> WorkerSession | None:
@@ -93,7 +102,7 @@ class Dispatcher:
                 if accepted:
                     session.held[job_id] = True
                 else:
-                    self._store.release(job_id, worker_id, count_attempt=False)
+                    self._jobs.release(job_id, worker_id, count_attempt=False)
             older.held.clear()
             older.close_with_error(
                 ERROR_DUPLICATE_WORKER, "another connection for this worker replaced this one"
@@ -115,7 +124,7 @@ class Dispatcher:
             return
         for job_id, accepted in held.items():
             error = "worker session ended while running the job" if accepted else None
-            self._store.release(job_id, session.worker_id, count_attempt=accepted, error=error)
+            self._jobs.release(job_id, session.worker_id, count_attempt=accepted, error=error)
         self._notify()
         self.pump()
 
@@ -163,7 +172,7 @@ class Dispatcher:
             case Fail():
                 self._fail(session, frame)
             case LogBatch():
-                self._store.insert_logs(session.worker_id, frame.entries)
+                self._logs.insert(session.worker_id, frame.entries)
             case ReadyForMore():
                 pass  # never sent by current workers; the next offer is server-driven
             case _:
@@ -175,12 +184,12 @@ class Dispatcher:
             session.close_with_error(ERROR_AUTH_FAILED, "invalid auth token")
             return
         session.welcome(frame.capabilities, anyio.current_time())
-        self._store.record_heartbeat(session.worker_id, encode_json(frame.capabilities).decode())
+        self._workers.record_heartbeat(session.worker_id, encode_json(frame.capabilities).decode())
         session.send(Welcome(worker_id=session.worker_id, server_time=utc_now()))
 
     def _heartbeat(self, session: WorkerSession, frame: Heartbeat) -> None:
         session.beat(frame.capabilities, anyio.current_time())
-        self._store.record_heartbeat(session.worker_id, encode_json(frame.capabilities).decode())
+        self._workers.record_heartbeat(session.worker_id, encode_json(frame.capabilities).decode())
         session.send(HeartbeatAck())
         self.pump()
 
@@ -191,7 +200,7 @@ class Dispatcher:
     def _accept(self, session: WorkerSession, frame: Accept) -> None:
         self._held(session, "accept", frame.job_id)
         session.held[frame.job_id] = True
-        self._store.mark_accepted(frame.job_id, session.worker_id)
+        self._jobs.mark_accepted(frame.job_id, session.worker_id)
         log.info("worker %s accepted %s", session.worker_id, frame.job_id)
         self._notify()
 
@@ -202,11 +211,11 @@ class Dispatcher:
             )
             return
         if is_transient_reject(frame.code, frame.reason):
-            self._store.release(frame.job_id, session.worker_id, count_attempt=False)
+            self._jobs.release(frame.job_id, session.worker_id, count_attempt=False)
             session.hold_off()
         else:
             error = f"rejected by {session.worker_id}: {frame.reason}"
-            self._store.release(frame.job_id, session.worker_id, count_attempt=False, error=error)
+            self._jobs.release(frame.job_id, session.worker_id, count_attempt=False, error=error)
             session.decline(frame.job_id)
         log.info("worker %s rejected %s: %s", session.worker_id, frame.job_id, frame.reason)
         self._notify()
@@ -215,7 +224,7 @@ class Dispatcher:
     def _complete_json(self, session: WorkerSession, frame: CompleteJson) -> None:
         self._held(session, "completeJson", frame.job_id)
         result = encode_json(frame.result).decode()
-        done = self._store.complete(
+        done = self._jobs.complete(
             frame.job_id, session.worker_id, prompt=frame.prompt, result_json=result
         )
         if done is None:
@@ -227,7 +236,7 @@ class Dispatcher:
 
     def _fail(self, session: WorkerSession, frame: Fail) -> None:
         self._held(session, "fail", frame.job_id)
-        job = self._store.fail(
+        job = self._jobs.fail(
             frame.job_id, session.worker_id, frame.error, retryable=frame.retryable
         )
         self._finished(session, frame.job_id)
@@ -246,17 +255,17 @@ class Dispatcher:
     # --- HTTP-driven events -----------------------------------------------------------------
 
     def submit(self, new: NewJob) -> JobRecord:
-        job = self._store.insert_job(new)
+        job = self._jobs.insert(new)
         log.info("job %s queued (%s, model %s)", job.id, job.kind, job.model)
         self._notify()
         self.pump()
-        return self._store.job(job.id) or job
+        return self._jobs.get(job.id) or job
 
     def complete_upload(
         self, worker_id: str, job_id: str, asset_path: str, prompt: str | None
     ) -> JobRecord | None:
         """The multipart upload landed: done, unless the claim moved meanwhile (None)."""
-        done = self._store.complete(job_id, worker_id, prompt=prompt, asset_path=asset_path)
+        done = self._jobs.complete(job_id, worker_id, prompt=prompt, asset_path=asset_path)
         if done is None:
             return None
         session = self._sessions.get(worker_id)
@@ -279,14 +288,16 @@ class Dispatcher:
         """Offer queued jobs, oldest first, to the earliest connected eligible sessions."""
         if self._closing:
             return
-        sessions = [s for s in self._sessions.values() if has_free_capacity(s)]
+        rule = self._offer_rule
+        sessions = [s for s in self._sessions.values() if has_free_capacity(s, rule)]
         offered = False
-        for job in self._store.queued_jobs() if sessions else ():
-            session = pick_worker(JobNeeds(job.id, job.kind, job.vram_gb_estimate), sessions)
+        for job in self._jobs.queued() if sessions else ():
+            needs = JobNeeds(job.id, job.kind, job.vram_gb_estimate)
+            session = pick_worker(needs, sessions, rule)
             if session is None:
                 continue
             offered = self._offer(job, session) or offered
-            sessions = [s for s in sessions if has_free_capacity(s)]
+            sessions = [s for s in sessions if has_free_capacity(s, rule)]
             if not sessions:
                 break
         if offered:
@@ -305,10 +316,10 @@ class Dispatcher:
             )
         except msgspec.DecodeError as exc:
             log.error("job %s cannot be offered: %s", job.id, exc)
-            self._store.fail_unofferable(job.id, f"stored task or modelSource is invalid: {exc}")
+            self._jobs.fail_unofferable(job.id, f"stored task or modelSource is invalid: {exc}")
             return True
         session.held[job.id] = False  # reserve the slot before the database CAS
-        if not self._store.claim(job.id, session.worker_id):
+        if not self._jobs.claim(job.id, session.worker_id):
             del session.held[job.id]
             return False
         session.send(Offer(claim=claim))

@@ -7,10 +7,6 @@ Nothing here does I/O. Each class says who raises it and when::
     |                                    non-loopback bind without an admin token, a data
     |                                    dir that is not a directory, a newer schema)
     +-- StudioStartupError               LocalStudio.serve: uvicorn could not bind
-    +-- IllegalJobTransitionError        the store: a job status change the table forbids
-    |                                    (a bug in the caller; nothing is written)
-    +-- IllegalSessionTransitionError    a worker session moved to a state its table
-    |                                    forbids (a bug in the caller)
     +-- ProtocolViolationError           the dispatcher: a frame before hello, a second
     |                                    hello, or one naming a job this session does not
     |                                    hold; answered ``error{protocol_violation}`` +
@@ -19,7 +15,10 @@ Nothing here does I/O. Each class says who raises it and when::
     +-- JobWaitTimeoutError              client.wait_for_job: the deadline passed first
 
 Peer garbage (undecodable frames, bad JSON bodies) is answered on the wire (an error
-frame or a 4xx) and logged; it never raises out of the server.
+frame or a 4xx) and logged; it never raises out of the server. An event a job's or a
+session's table does not allow raises ``protocol.state_machine.IllegalTransition`` (the
+project's one state-machine error, not part of this tree): it is a bug in the caller, and
+nothing was written or changed.
 """
 
 from __future__ import annotations
@@ -40,26 +39,6 @@ class StudioStartupError(LocalStudioError):
         super().__init__(f"local studio could not listen on {host}:{port}")
         self.host = host
         self.port = port
-
-
-class IllegalJobTransitionError(LocalStudioError):
-    """A job status change outside the transition table; nothing was written."""
-
-    def __init__(self, job_id: str, current: str, target: str) -> None:
-        super().__init__(f"job {job_id}: illegal transition {current} -> {target}")
-        self.job_id = job_id
-        self.current = current
-        self.target = target
-
-
-class IllegalSessionTransitionError(LocalStudioError):
-    """A worker session state change outside its transition table."""
-
-    def __init__(self, worker_id: str, current: str, target: str) -> None:
-        super().__init__(f"session of {worker_id}: illegal transition {current} -> {target}")
-        self.worker_id = worker_id
-        self.current = current
-        self.target = target
 
 
 class ProtocolViolationError(LocalStudioError):

@@ -1,14 +1,16 @@
-"""The job lifecycle of the local studio: states, the transition table and the policies.
+"""The job lifecycle of the local studio: states, events, the transition table and the policies.
 
-Pure: no I/O, no clock. The store refuses any status change this table does not list
-(``IllegalJobTransitionError``), and the dispatcher asks the functions below what a reject,
-a failure or a lost session does to a job, so the rules live in one place::
+Pure: no I/O, no clock. The job queue applies every status change as an event through
+``job_machine`` (``protocol.state_machine``), so an event the table does not list raises
+``IllegalTransition`` before anything is written; the dispatcher asks the functions below
+what a reject or a failure means, so the rules live in one place::
 
-    queued  --offer (CAS)-------------------------------> claimed
-    claimed --reject / lost session / retryable fail----> queued
-    claimed --non-retryable fail / attempts exhausted---> failed
-    claimed --completeJson / multipart upload-----------> done
-    queued  --stored task no longer decodes-------------> failed
+    queued  --claim: offered to one worker (CAS)--------------> claimed
+    queued  --unofferable: stored task no longer decodes------> failed
+    claimed --release: reject, unanswered offer, restart-------> queued   (no attempt)
+    claimed --retry: retryable attempt ended, attempts left----> queued   (attempt counted)
+    claimed --give_up: final failure or attempts exhausted-----> failed   (attempt counted)
+    claimed --complete: completeJson or multipart upload-------> done
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import enum
 import re
 from typing import Final
 
-from localstudio.errors import IllegalJobTransitionError
+from protocol.state_machine import StateMachine
 
 DEFAULT_MAX_ATTEMPTS: Final = 3
 _TRANSIENT_REASON: Final = re.compile(r"busy|paused", re.IGNORECASE)
@@ -30,20 +32,33 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-TERMINAL: Final = frozenset({JobStatus.DONE, JobStatus.FAILED})
+class JobEvent(enum.Enum):
+    CLAIM = "claim"
+    UNOFFERABLE = "unofferable"
+    RELEASE = "release"
+    RETRY = "retry"
+    GIVE_UP = "give_up"
+    COMPLETE = "complete"
 
-TRANSITIONS: Final[dict[JobStatus, frozenset[JobStatus]]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.CLAIMED, JobStatus.FAILED}),
-    JobStatus.CLAIMED: frozenset({JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED}),
-    JobStatus.DONE: frozenset(),
-    JobStatus.FAILED: frozenset(),
+
+S, E = JobStatus, JobEvent
+
+TRANSITIONS: Final[dict[tuple[JobStatus, JobEvent], JobStatus]] = {
+    (S.QUEUED, E.CLAIM): S.CLAIMED,
+    (S.QUEUED, E.UNOFFERABLE): S.FAILED,
+    (S.CLAIMED, E.RELEASE): S.QUEUED,
+    (S.CLAIMED, E.RETRY): S.QUEUED,
+    (S.CLAIMED, E.GIVE_UP): S.FAILED,
+    (S.CLAIMED, E.COMPLETE): S.DONE,
 }
 
+INITIAL: Final = JobStatus.QUEUED
+TERMINAL: Final = frozenset({JobStatus.DONE, JobStatus.FAILED})
 
-def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None:
-    """Raise IllegalJobTransitionError unless the table allows ``current -> target``."""
-    if target not in TRANSITIONS[current]:
-        raise IllegalJobTransitionError(job_id, current.value, target.value)
+
+def job_machine(job_id: str, status: JobStatus) -> StateMachine[JobStatus, JobEvent]:
+    """The lifecycle of ``job_id`` as stored now (the database holds the state between events)."""
+    return StateMachine(f"job {job_id}", TRANSITIONS, status)
 
 
 def is_transient_reject(code: str | None, reason: str) -> bool:
@@ -59,13 +74,13 @@ def is_transient_reject(code: str | None, reason: str) -> bool:
     return _TRANSIENT_REASON.search(reason) is not None
 
 
-def status_after_failure(attempts: int, max_attempts: int, *, retryable: bool) -> JobStatus:
-    """Where a job goes after a counted attempt ended badly.
+def event_after_failure(attempts: int, max_attempts: int, *, retryable: bool) -> JobEvent:
+    """What a counted attempt that ended badly does to its job.
 
     ``attempts`` already includes the attempt that just ended. Non-retryable failures
-    are terminal at once; retryable ones requeue until ``attempts`` reaches
-    ``max_attempts``.
+    give up at once (``GIVE_UP``); retryable ones go back to the queue (``RETRY``) until
+    ``attempts`` reaches ``max_attempts``.
     """
     if not retryable or attempts >= max_attempts:
-        return JobStatus.FAILED
-    return JobStatus.QUEUED
+        return JobEvent.GIVE_UP
+    return JobEvent.RETRY

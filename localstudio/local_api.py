@@ -37,7 +37,8 @@ from localstudio.assets import media_type_for
 from localstudio.auth import admin_token_matches, bearer_token
 from localstudio.dispatcher import Dispatcher
 from localstudio.jobs import TERMINAL, JobStatus
-from localstudio.store import NewJob, RegistrationRecord, Store
+from localstudio.records import NewJob, RegistrationRecord
+from localstudio.store import Store
 from localstudio.views import (
     BadRequestError,
     decode_body,
@@ -123,11 +124,11 @@ class LocalApi:
             status = None if raw is None else JobStatus(raw)
         except ValueError:
             raise BadRequestError(f"unknown status {raw!r}") from None
-        jobs = self._store.jobs(status)
+        jobs = self._store.jobs.recent(status)
         return json_response(JobList(jobs=[job_view(job) for job in jobs]))
 
     async def get_job(self, request: Request) -> Response:
-        job = self._store.job(request.path_params["job_id"])
+        job = self._store.jobs.get(request.path_params["job_id"])
         if job is None:
             return error_response(404, "unknown job")
         return json_response(job_view(job))
@@ -138,7 +139,7 @@ class LocalApi:
         timeout_s = _parse_float(request.query_params.get("timeout"), MAX_WAIT_S, "timeout")
         deadline = anyio.current_time() + min(max(timeout_s, 0.0), MAX_WAIT_S)
         while True:
-            job = self._store.job(job_id)
+            job = self._store.jobs.get(job_id)
             if job is None:
                 return error_response(404, "unknown job")
             remaining = deadline - anyio.current_time()
@@ -147,7 +148,7 @@ class LocalApi:
             await self._dispatcher.wait_for_change(remaining)
 
     async def get_asset(self, request: Request) -> Response:
-        job = self._store.job(request.path_params["job_id"])
+        job = self._store.jobs.get(request.path_params["job_id"])
         if job is None or job.asset_path is None:
             return error_response(404, "no asset for this job")
         path = self._data_dir / job.asset_path
@@ -160,29 +161,29 @@ class LocalApi:
     async def list_workers(self, request: Request) -> Response:
         views = [
             worker_view(worker, self._dispatcher.session_of(worker.id))
-            for worker in self._store.workers()
+            for worker in self._store.workers.all()
         ]
         return json_response(WorkerList(workers=views))
 
     async def list_pending(self, request: Request) -> Response:
-        pending = [registration_view(r) for r in self._store.pending_requests()]
+        pending = [registration_view(r) for r in self._store.workers.pending_requests()]
         return json_response(RegistrationList(requests=pending))
 
     async def approve(self, request: Request) -> Response:
-        record = self._store.approve_request(request.path_params["request_id"])
+        record = self._store.workers.approve_request(request.path_params["request_id"])
         return _decision(record, "approved")
 
     async def reject(self, request: Request) -> Response:
         raw = await request.body()
         body = decode_body(raw, RejectBody) if raw.strip() else RejectBody()
-        record = self._store.reject_request(request.path_params["request_id"], body.reason)
+        record = self._store.workers.reject_request(request.path_params["request_id"], body.reason)
         return _decision(record, "rejected")
 
     # --- logs ----------------------------------------------------------------------------
 
     async def list_logs(self, request: Request) -> Response:
         limit = int(_parse_float(request.query_params.get("limit"), 200, "limit"))
-        records = self._store.logs(
+        records = self._store.logs.recent(
             worker_id=request.query_params.get("workerId"),
             job_id=request.query_params.get("jobId"),
             limit=max(1, min(limit, 5000)),

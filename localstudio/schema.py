@@ -4,12 +4,15 @@ One database file ``<data_dir>/studio.sqlite3`` in WAL mode, opened in autocommi
 each single-statement update (the compare-and-set claims) is its own transaction;
 multi-statement changes use ``BEGIN IMMEDIATE``. The schema version lives in
 ``PRAGMA user_version``; a database from a newer schema is refused rather than
-misread. This module only creates and opens; queries live in ``store``.
+misread. This module only creates and opens (and frames transactions); the queries live
+in ``job_queue``, ``worker_registry`` and ``log_archive``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -93,6 +96,19 @@ def prepare_data_dir(data_dir: Path) -> Path:
     assets = data_dir / ASSETS_DIRNAME
     assets.mkdir(mode=0o700, exist_ok=True)
     return assets
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, *, immediate: bool = True) -> Iterator[None]:
+    """One multi-statement transaction: committed when the block ends, rolled back when it
+    raises. ``immediate`` takes the write lock at ``BEGIN`` (read-then-write changes)."""
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def open_database(data_dir: Path) -> sqlite3.Connection:

@@ -7,7 +7,9 @@ installs signal handlers (the caller owns signals). Stopping is two-stage: the
 dispatcher stops offering and stops releasing claims, then uvicorn closes every socket
 and waits up to ``SHUTDOWN_GRACE_S`` for handlers to finish; the database closes last.
 At startup every job still ``claimed`` goes back to the queue (its session died with
-the previous process).
+the previous process). ``offer_rule`` picks how many jobs one worker holds at once
+(``selection.OfferRule``): up to its ``maxConcurrentJobs`` (the default) or, like the
+cloud studio, one offer in flight per worker.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from localstudio.errors import StudioConfigError, StudioStartupError
 from localstudio.jobs import DEFAULT_MAX_ATTEMPTS
 from localstudio.local_api import LocalApi
 from localstudio.schema import prepare_data_dir
+from localstudio.selection import OfferRule
 from localstudio.store import Store
 from localstudio.worker_api import WorkerApi
 
@@ -50,6 +53,7 @@ class StudioSettings:
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
     admin_token: str | None = None
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    offer_rule: OfferRule = OfferRule.PER_CAPACITY
 
 
 class _DenialNoiseFilter(logging.Filter):
@@ -102,6 +106,7 @@ class LocalStudio:
         heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
         admin_token: str | None = None,
         default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        offer_rule: OfferRule = OfferRule.PER_CAPACITY,
     ) -> None:
         if heartbeat_timeout_s <= 0:
             raise StudioConfigError("heartbeat_timeout_s must be positive")
@@ -113,6 +118,7 @@ class LocalStudio:
             heartbeat_timeout_s=heartbeat_timeout_s,
             admin_token=admin_token or None,
             default_max_attempts=default_max_attempts,
+            offer_rule=offer_rule,
         )
         self._base_url: str | None = None
 
@@ -139,17 +145,22 @@ class LocalStudio:
         prepare_data_dir(settings.data_dir)
         store = Store.open(settings.data_dir)
         try:
-            released = store.release_orphaned_claims()
+            released = store.jobs.release_orphaned_claims()
             if released:
                 log.info("requeued %d job(s) claimed before the restart", released)
-            dispatcher = Dispatcher(store)
+            dispatcher = Dispatcher(store, settings.offer_rule)
             server = _uvicorn_server(_build_app(settings, store, dispatcher), host, port)
             with _quiet_denial_noise():
                 await _start(server, host, port)
                 try:
                     bound_port: int = server.servers[0].sockets[0].getsockname()[1]
                     self._base_url = base_url_for(host, bound_port)
-                    log.info("local studio on %s (data in %s)", self._base_url, settings.data_dir)
+                    log.info(
+                        "local studio on %s (data in %s, offers %s)",
+                        self._base_url,
+                        settings.data_dir,
+                        settings.offer_rule.value,
+                    )
                     task_status.started(self._base_url)
                     await anyio.sleep_forever()
                 finally:
@@ -169,6 +180,7 @@ async def serve(
     auto_approve: bool = False,
     heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
     admin_token: str | None = None,
+    offer_rule: OfferRule = OfferRule.PER_CAPACITY,
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Shorthand for ``LocalStudio(data_dir, ...).serve(host, port)``."""
@@ -177,6 +189,7 @@ async def serve(
         auto_approve=auto_approve,
         heartbeat_timeout_s=heartbeat_timeout_s,
         admin_token=admin_token,
+        offer_rule=offer_rule,
     )
     await studio.serve(host, port, task_status=task_status)
 

@@ -5,10 +5,11 @@ and this object, and the dispatcher reads and changes it. Frames to the worker g
 through an unbounded in-memory outbox so that anything (an HTTP submit, another
 session's completion) can queue an offer without awaiting, and one writer task keeps
 frames in order. Closing is a request in the same outbox: what was queued before it
-is sent first. The lifecycle is a table::
+is sent first. The lifecycle is a ``(state, event)`` table applied through
+``protocol.state_machine`` (an event it does not list raises ``IllegalTransition``)::
 
-    awaiting_hello --valid hello--> welcomed --close--> closing
-    awaiting_hello --close--------> closing
+    awaiting_hello --welcome: valid hello--> welcomed --close--> closing
+    awaiting_hello --close-----------------> closing
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Final
 
 import anyio
 
-from localstudio.errors import IllegalSessionTransitionError
 from localstudio.schema import utc_now
+from protocol.state_machine import StateMachine
 from protocol.studio import Capabilities, Error, WorkerOutbound, close_code_for_error
 
 
@@ -32,11 +33,18 @@ class SessionState(enum.Enum):
     CLOSING = "closing"
 
 
-_TRANSITIONS: Final[dict[SessionState, frozenset[SessionState]]] = {
-    SessionState.AWAITING_HELLO: frozenset({SessionState.WELCOMED, SessionState.CLOSING}),
-    SessionState.WELCOMED: frozenset({SessionState.CLOSING}),
-    SessionState.CLOSING: frozenset(),
+class SessionEvent(enum.Enum):
+    WELCOME = "welcome"  # a hello with a valid token
+    CLOSE = "close"  # a close is queued (replaced, refused, timed out, socket gone)
+
+
+TRANSITIONS: Final[dict[tuple[SessionState, SessionEvent], SessionState]] = {
+    (SessionState.AWAITING_HELLO, SessionEvent.WELCOME): SessionState.WELCOMED,
+    (SessionState.AWAITING_HELLO, SessionEvent.CLOSE): SessionState.CLOSING,
+    (SessionState.WELCOMED, SessionEvent.CLOSE): SessionState.CLOSING,
 }
+
+INITIAL: Final = SessionState.AWAITING_HELLO
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +75,7 @@ class WorkerSession:
     def __init__(self, worker_id: str, connected_seq: int, now: float) -> None:
         self.worker_id = worker_id
         self._connected_seq = connected_seq
-        self.state = SessionState.AWAITING_HELLO
+        self._life = StateMachine(f"session of {worker_id}", TRANSITIONS, INITIAL)
         self._capabilities: Capabilities | None = None
         # job id -> accepted; an entry exists from the in-memory reservation (before the
         # database claim) until the job completes, fails, is rejected or is released.
@@ -78,6 +86,10 @@ class WorkerSession:
         self.connected_at = utc_now()
         self.last_heartbeat_at: str | None = None
         self._outbox_in, self.outbox = anyio.create_memory_object_stream[Outgoing](math.inf)
+
+    @property
+    def state(self) -> SessionState:
+        return self._life.state
 
     @property
     def closing(self) -> bool:
@@ -112,7 +124,7 @@ class WorkerSession:
     # --- changes ------------------------------------------------------------------------
 
     def welcome(self, capabilities: Capabilities, now: float) -> None:
-        self._move(SessionState.WELCOMED)
+        self._life.apply(SessionEvent.WELCOME)
         self.beat(capabilities, now)
 
     def beat(self, capabilities: Capabilities, now: float) -> None:
@@ -142,7 +154,7 @@ class WorkerSession:
         """Queue a close after whatever is already queued; later calls are no-ops."""
         if self.state is SessionState.CLOSING:
             return
-        self._move(SessionState.CLOSING)
+        self._life.apply(SessionEvent.CLOSE)
         self._put(CloseRequest(code, clip_close_reason(reason)))
 
     def close_with_error(self, code: str, message: str) -> None:
@@ -160,8 +172,3 @@ class WorkerSession:
         # A closed outbox means the writer is gone: the socket is closed already.
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._outbox_in.send_nowait(item)
-
-    def _move(self, target: SessionState) -> None:
-        if target not in _TRANSITIONS[self.state]:
-            raise IllegalSessionTransitionError(self.worker_id, self.state.value, target.value)
-        self.state = target

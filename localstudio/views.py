@@ -19,8 +19,8 @@ from localstudio.api_types import (
     RegistrationView,
     WorkerView,
 )
+from localstudio.records import JobRecord, LogRecord, RegistrationRecord, WorkerRecord
 from localstudio.session import WorkerSession
-from localstudio.store import JobRecord, LogRecord, RegistrationRecord, WorkerRecord
 from protocol.studio import Capabilities, encode_json
 from protocol.tasks import ModelSource, Task
 

@@ -79,7 +79,7 @@ class WorkerApi:
             return error_response(400, "installId must not be empty")
         if not is_sha256_hex(body.registration_secret_hash):
             return error_response(400, "registrationSecretHash must be 64 lowercase hex digits")
-        record = self._store.upsert_pending_request(
+        record = self._store.workers.upsert_pending_request(
             body.install_id,
             body.registration_secret_hash,
             encode_json(body.capabilities).decode(),
@@ -87,12 +87,12 @@ class WorkerApi:
         )
         log.info("registration request %s from install %s", record.id, body.install_id)
         if self._auto_approve:
-            self._store.approve_request(record.id)
+            self._store.workers.approve_request(record.id)
             log.info("registration request %s approved automatically", record.id)
         return json_response(RegisterRequestAccepted(request_id=record.id, status="pending"))
 
     async def poll_request(self, request: Request) -> Response:
-        record = self._store.request(request.path_params["request_id"])
+        record = self._store.workers.request(request.path_params["request_id"])
         if record is None:
             return error_response(404, "unknown registration request")
         secret = bearer_token(request.headers)
@@ -101,7 +101,7 @@ class WorkerApi:
         answer: RegistrationStatus
         if record.status == "approved" and record.worker_id is not None:
             token = mint_token()
-            self._store.set_worker_token(record.worker_id, sha256_hex(token))
+            self._store.workers.set_token(record.worker_id, sha256_hex(token))
             answer = RegistrationApproved(worker_id=record.worker_id, auth_token=token)
         elif record.status == "rejected":
             answer = RegistrationRejected(reason=record.reason or "")
@@ -138,7 +138,7 @@ class WorkerApi:
         return json_response({"ok": True})
 
     def _claim_conflict(self, worker_id: str, job_id: str) -> Response | None:
-        job = self._store.job(job_id)
+        job = self._store.jobs.get(job_id)
         if job is None:
             return error_response(404, f"unknown job {job_id}")
         if job.status is not JobStatus.CLAIMED or job.claimed_by != worker_id:

@@ -140,6 +140,7 @@ class RunJob(_Msg, tag="run"):
     task: Task
     model_source: ModelSource
     deadline_s: float
+    vram_estimate_bytes: int = 0  # the studio's ``vramGbEstimate`` (simulated GPUs load that)
 
 
 class CancelJob(_Msg, tag="cancel"):
@@ -151,11 +152,13 @@ class Shutdown(_Msg, tag="shutdown"):
 
 
 class LoadGrant(_Msg, tag="load_grant"):
-    """The answer to ``LoadRequest``: load now, or fail the job with ``reason``."""
+    """The answer to ``LoadRequest``: load now (after unloading ``unload_first``, models of
+    this host the supervisor needs gone), or fail the job with ``reason``."""
 
     job_id: str
     granted: bool
     reason: str = ""
+    unload_first: list[str] = msgspec.field(default_factory=list)
 
 
 class Unload(_Msg, tag="unload"):

@@ -1,7 +1,10 @@
 """The supervisor: one process that talks to the studio and runs the engine hosts.
 
-It owns the config file, registration, the studio session and the engine slots; it never
-imports an inference library (``engines.catalog`` is the only engine module it loads).
+It owns the config file, registration, the studio session and the engine slots. The rule:
+it never imports an inference library (llama_cpp, stable_diffusion_cpp, nor an engine
+module that imports one), so a crash or a leak in a backend can only end its host process.
+Pure modules of ``engines`` that describe engines and their hosts are fine and are used
+(``engines.catalog``, ``engines.cpu_threads``, ``engines.progress_bar`` and the like).
 """
 
 from __future__ import annotations

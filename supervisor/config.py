@@ -120,6 +120,16 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     metrics_listen: str | None = None
     """``host:port`` for the Prometheus endpoint; absent = no metrics listener."""
     log_format: LogFormat = "text"
+    gpu_governance: bool = True
+    """Admit, place and evict by GPU memory; false only to compare (bench/vram_pressure.py)."""
+    vram_headroom_mb: NonNegInt = 1024
+    """Added to every load's need on top of its estimate or measured peak."""
+    max_warm_models: PosInt = 1
+    """Models one engine host keeps loaded; the least recently used goes first."""
+    model_keep_alive_s: NonNegFloat = 0.0
+    """Unload a model unused for this long; 0 = never unload for idleness."""
+    vram_unload_timeout_s: PosFloat = 20.0
+    """How long an unload may take to show as free memory before its host is recycled."""
 
     @property
     def has_credentials(self) -> bool:

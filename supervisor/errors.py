@@ -1,51 +1,189 @@
-"""Errors the supervisor raises, one tree for the whole package.
+"""Errors the supervisor raises, one tree for the whole package. Every error that can reach
+the command line is here, with the exit status the CLI ends with (``exit_codes.py``).
 
-    WorkerError                  anything the supervisor reports to its caller
-    ├── ConfigError              config.toml unreadable, invalid or unwritable (config.py)
-    ├── UrlError                 a base URL that cannot be used (urls.py); also a ValueError
-    ├── UsageError               a command-line value out of range (commands.py)
-    ├── StudioError              a studio HTTP call failed (studio_http.py); carries ``op``
-    │   ├── StudioHttpError      the studio answered non-2xx; ``status`` and ``body``
-    │   ├── StudioTransportError no answer: connect, timeout or protocol failure
-    │   └── StudioResponseError  a 2xx whose body is not what protocol.md §6 says
-    ├── RegistrationRejectedError  the operator rejected this worker (registration.py)
-    ├── RegistrationAbortedError   stop was requested before approval (registration.py)
-    ├── MetricsListenError       --metrics HOST:PORT unusable or unbindable (metrics.py)
-    └── SessionError             the WebSocket session ended abnormally (ws_client, session)
-        ├── SessionTransportError    connect / upgrade / send failed: reconnect
-        ├── SessionProtocolError     binary or unparseable frame: reconnect
-        ├── SessionDisconnected      closed by the studio (not 4001) or silent: reconnect
-        ├── AuthFailed               401 upgrade, close 4001, auth_failed frame: stop
-        ├── SessionFatal             any other ``error`` frame: stop
-        └── ReconnectExhausted       the configured reconnect cap was reached: stop
+    WorkerError                    exit  anything the supervisor reports to its caller
+    ├── ConfigError                2     config.toml unreadable, invalid, unwritable (config.py)
+    ├── UrlError                   2     a base URL that cannot be used (urls.py); a ValueError
+    ├── UsageError                 2     a command-line value out of range (cli/)
+    ├── SlotSpecError              2     a bad ``--engines`` / ``engines`` entry (slot_spec.py)
+    ├── StartupError               2     a named engine's library is missing (runtime.py)
+    ├── MetricsListenError         2     --metrics HOST:PORT unusable or unbindable (metrics.py)
+    ├── LocalStudioError           2     ``start --local``: the studio did not come up
+    ├── GpuError                   1     the GPUs (supervisor/gpu/)
+    │   ├── GpuReadError           1     NVML error, unreadable simulation file
+    │   └── DeviceIndexError       2     ``engine@N`` names a GPU that is not present
+    ├── ControlError               1     no usable answer on the control socket (control.py)
+    │   └── SupervisorNotRunning   1     nobody listens there: ``status``, ``pause``, ``resume``
+    ├── ServiceError               1     install-/uninstall-service: a command or write failed
+    ├── SubmitError                1     ``submit``: the result could not be saved
+    │   ├── JobFailedError         1     the job ended ``failed``
+    │   └── JobWaitTimeout         1     ``--timeout`` passed before the job ended
+    ├── StudioError                1     a studio HTTP call failed; carries ``op``
+    │   ├── StudioHttpError        1     the studio answered non-2xx; ``status`` and ``body``
+    │   ├── StudioTransportError   1     no answer: connect, timeout or protocol failure
+    │   └── StudioResponseError    1     a 2xx whose body is not what protocol.md §6 says
+    ├── RegistrationRejectedError  3     the operator rejected this worker (registration.py)
+    ├── RegistrationAbortedError   0     stop was requested before approval (registration.py)
+    └── SessionError               1     the WebSocket session ended abnormally (ws_client, session)
+        ├── SessionTransportError  1     connect / upgrade / send failed: reconnect
+        ├── SessionProtocolError   1     binary or unparseable frame: reconnect
+        ├── SessionDisconnected    1     closed by the studio (not 4001) or silent: reconnect
+        ├── AuthFailed             3     401 upgrade, close 4001, auth_failed frame: stop
+        ├── SessionFatal           4     any other ``error`` frame: stop
+        └── ReconnectExhausted     5     the configured reconnect cap was reached: stop
 
-Messages are built from structured fields and never contain a secret (auth token,
-registration secret, local API token) or raw config file content.
+The exit column is each class's ``exit_code``; tests/supervisor/cli/test_exit_codes.py holds
+this drawing to the classes. The CLI prints ``error: <message>`` and exits with it; ``start``
+returns it for the error that ended the session. Session errors that reconnect never get
+that far: theirs is the code ``start`` would use if one did.
+
+Messages are built from structured fields, say what to do where the operator has something
+to do, and never contain a secret (auth token, registration secret, local API token) or
+raw config file content.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
+from pathlib import Path
+from typing import ClassVar
+
+from supervisor.exit_codes import ExitCode
 
 
 class WorkerError(Exception):
-    """Base of every error the supervisor raises on purpose."""
+    """Base of every error the supervisor raises on purpose; ``exit_code`` is the CLI's."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
 
 
 class ConfigError(WorkerError):
-    """Raised by config.py when config.toml cannot be read, parsed or saved."""
+    """Raised by config.py when config.toml cannot be read, parsed or saved. The operator
+    fixes the file (or its permissions) as the message says."""
+
+    exit_code = ExitCode.USAGE
 
 
 class UrlError(WorkerError, ValueError):
-    """Raised by urls.py for a base URL that does not parse or has an unusable scheme."""
+    """Raised by urls.py for a base URL that does not parse or has an unusable scheme (and
+    by ``start`` for such an ``api_base_url`` before any host is spawned). The operator sets
+    an http(s) URL with ``supervisor register --api-base-url``."""
+
+    exit_code = ExitCode.USAGE
 
 
 class UsageError(WorkerError):
-    """Raised by a command for an argument outside its range (e.g. a negative threshold)."""
+    """Raised by a command for an argument outside its range (e.g. a negative threshold) or
+    an environment override that does not parse. The operator fixes the command line."""
+
+    exit_code = ExitCode.USAGE
+
+
+class SlotSpecError(WorkerError, ValueError):
+    """Raised by slot_spec.py for an engine list that does not parse: an unknown engine, a
+    GPU index that is not a whole number, no engine at all. The message names where the
+    list came from (``--engines`` or the config's ``engines``), which the operator fixes."""
+
+    exit_code = ExitCode.USAGE
+
+
+class StartupError(WorkerError):
+    """Raised by runtime.py at start-up, before any host is spawned, when a named engine's
+    library is not installed; the message has the ``pip install`` command to run."""
+
+    exit_code = ExitCode.USAGE
+
+
+class MetricsListenError(WorkerError):
+    """Raised by metrics.py at start-up for a listen address that does not parse as
+    ``HOST:PORT`` or cannot be bound (port taken, address not local). The operator picks
+    another address."""
+
+    exit_code = ExitCode.USAGE
+
+
+class LocalStudioError(WorkerError):
+    """Raised by local_launch.py when the ``--local`` studio process did not come up (port
+    taken, crash at start); the message has the tail of its log. The operator picks
+    another ``--local-port`` or reads ``studio.log``."""
+
+    exit_code = ExitCode.USAGE
+
+
+class GpuError(WorkerError):
+    """Something about the GPUs (raised by supervisor/gpu/)."""
+
+
+class GpuReadError(GpuError):
+    """The GPU source failed to answer: an NVML error, an unreadable or invalid simulation
+    file. The operator checks the driver (``nvidia-smi``) or ``STUDIO_WORKER_SIMULATED_GPUS``;
+    under systemd the service is restarted (a driver hiccup may pass)."""
+
+
+class DeviceIndexError(GpuError):
+    """``engine@N`` names a GPU this machine does not have (or an inherited
+    ``CUDA_VISIBLE_DEVICES`` names one that is not there); raised at start-up before any
+    host is spawned, the message naming N and the GPUs present. The operator fixes
+    ``--engines``, the config's ``engines`` or the environment."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ControlError(WorkerError):
+    """Raised by control.py's client (``status``, ``pause``, ``resume``) when the running
+    supervisor's control socket gives no usable answer (timeout, permission, garbage)."""
+
+
+class SupervisorNotRunning(ControlError):
+    """Nobody listens on the control socket of this config: the operator starts the
+    supervisor, or passes the ``--config`` of the one that runs."""
+
+    def __init__(self, socket_path: Path) -> None:
+        super().__init__(
+            f"no supervisor is running for this config (nothing listens on {socket_path}); "
+            "start one with `supervisor start` (or `systemctl start studio-worker`)"
+        )
+        self.socket_path = socket_path
+
+
+class ServiceError(WorkerError):
+    """Raised by service_commands.py when a ``systemctl`` / ``useradd`` command fails or the
+    unit file cannot be written or removed; the commands left are printed above it for the
+    operator to run by hand."""
+
+
+class SubmitError(WorkerError):
+    """Raised by ``supervisor submit`` (studio_commands.py) when its result cannot be saved
+    under ``--out``; the job itself is done and stays on the studio."""
+
+
+class JobFailedError(SubmitError):
+    """The submitted job ended ``failed``; ``error`` is the engine's or the studio's text."""
+
+    def __init__(self, job_id: str, attempts: int, error: str | None) -> None:
+        super().__init__(f"job {job_id} failed after {attempts} attempt(s): {error}")
+        self.job_id = job_id
+        self.attempts = attempts
+        self.error = error
+
+
+class JobWaitTimeout(SubmitError):
+    """``submit --timeout`` passed before the job ended; the job stays queued or running on
+    the studio (``supervisor studio jobs`` shows it)."""
+
+    def __init__(self, job_id: str, status: str, timeout_s: float) -> None:
+        super().__init__(
+            f"job {job_id} still {status} after {timeout_s:g} s (--timeout); it stays on the "
+            "studio: `supervisor studio jobs` shows it, a worker may still take it"
+        )
+        self.job_id = job_id
+        self.status = status
+        self.timeout_s = timeout_s
 
 
 class StudioError(WorkerError):
-    """Raised by studio_http.py when a call to the studio fails; ``op`` names the call."""
+    """Raised by studio/http.py when a call to the studio fails, and by the local studio
+    commands (studio_commands.py); ``op`` names the call."""
 
     def __init__(self, op: str, message: str) -> None:
         super().__init__(message)
@@ -88,6 +226,8 @@ class StudioResponseError(StudioError):
 class RegistrationRejectedError(WorkerError):
     """The studio operator rejected the registration request; ``reason`` is theirs."""
 
+    exit_code = ExitCode.AUTH
+
     def __init__(self, reason: str) -> None:
         super().__init__(
             f"registration rejected by the studio operator: {reason}.  Run "
@@ -97,15 +237,12 @@ class RegistrationRejectedError(WorkerError):
 
 
 class RegistrationAbortedError(WorkerError):
-    """A stop was requested while registration was still pending."""
+    """A stop was requested while registration was still pending: a clean stop."""
+
+    exit_code = ExitCode.OK
 
     def __init__(self) -> None:
         super().__init__("shutdown before registration completed")
-
-
-class MetricsListenError(WorkerError):
-    """Raised by metrics.py at start-up for a listen address that does not parse as
-    ``HOST:PORT`` or cannot be bound (port taken, address not local)."""
 
 
 class SessionError(WorkerError):
@@ -127,6 +264,8 @@ class SessionDisconnected(SessionError):
 class AuthFailed(SessionError):
     """401 at upgrade, close 4001 or an ``auth_failed`` error: stop; re-register."""
 
+    exit_code = ExitCode.AUTH
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -135,6 +274,8 @@ class AuthFailed(SessionError):
 class SessionFatal(SessionError):
     """An ``error`` frame with any other code: stop, no reconnect."""
 
+    exit_code = ExitCode.STUDIO_FATAL
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -142,3 +283,5 @@ class SessionFatal(SessionError):
 
 class ReconnectExhausted(SessionError):
     """``ws_reconnect_attempts`` consecutive failures (only when a cap is configured)."""
+
+    exit_code = ExitCode.RECONNECT_CAP

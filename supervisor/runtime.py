@@ -10,7 +10,9 @@ how it ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -28,12 +30,16 @@ from supervisor.errors import (
     ReconnectExhausted,
     RegistrationAbortedError,
     SessionFatal,
+    StartupError,
+    UrlError,
     WorkerError,
 )
+from supervisor.exit_codes import ExitCode
 from supervisor.live_config import LiveConfig
 from supervisor.ops.control import ControlServer, socket_path
 from supervisor.ops.metrics_server import MetricsServer, parse_listen
 from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.gpu_setup import prepared_gpus
 from supervisor.pool.policies import RecycleLimits
 from supervisor.pool.settings import PoolSettings
 from supervisor.pool.slot_spec import SlotSpec, parse_engines
@@ -43,6 +49,7 @@ from supervisor.studio.log_queue import LogShipQueue, ShipHandler
 from supervisor.studio.registration import ensure_registered
 from supervisor.studio.session import SessionDeps, SessionTimings
 from supervisor.studio.session_loop import serve_studio
+from supervisor.studio.urls import build_connect_url, normalize_base_url
 from supervisor.worker_state import WorkerState
 
 log = logging.getLogger("supervisor.runtime")
@@ -61,15 +68,49 @@ class StartOptions:
     metrics_listen: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz
 
 
-class StartupError(WorkerError):
-    pass
-
-
-def slot_specs(cfg: WorkerConfig, engines: str | None) -> list[SlotSpec]:
-    specs = parse_engines(engines if engines is not None else list(cfg.engines))
+def slot_specs(cfg: WorkerConfig, opts: StartOptions) -> list[SlotSpec]:
+    """The slots to run: ``--engines`` if given, else the config's ``engines``. Raises
+    SlotSpecError for a list that does not parse, StartupError for a missing library."""
+    if opts.engines is not None:
+        specs = parse_engines(opts.engines)
+    else:
+        specs = parse_engines(list(cfg.engines), source=f"`engines` of {opts.config_path}")
     problems = [p for p in (missing_backend(e) for e in sorted({s.engine for s in specs})) if p]
     if problems:
         raise StartupError("; ".join(problems))
+    return specs
+
+
+def check_studio_url(cfg: WorkerConfig, config_path: Path) -> None:
+    """Refuse an ``api_base_url`` that neither the HTTP side nor the WebSocket side can use,
+    now: otherwise it fails only after the hosts are up (or, registered, on every
+    reconnect). Raises UrlError."""
+    try:
+        normalize_base_url(cfg.api_base_url)
+        build_connect_url(cfg.api_base_url, cfg.worker_id or "worker")
+    except UrlError as exc:
+        raise UrlError(
+            f"{exc} (api_base_url in {config_path}); set the studio's http(s) URL with "
+            "`supervisor register --api-base-url URL`"
+        ) from None
+
+
+def check_start(
+    cfg: WorkerConfig, opts: StartOptions, *, studio_url: bool = True, gpus: bool = False
+) -> list[SlotSpec]:
+    """Every start-up check that needs no process, socket or network, run before anything
+    is created: the engine list and its libraries, the studio URL (unless ``studio_url``
+    is False: ``--local`` replaces it), the metrics address, and with ``gpus`` that every
+    ``engine@N`` names a GPU that is there (``DeviceIndexError``). Returns the slots."""
+    specs = slot_specs(cfg, opts)
+    if studio_url:
+        check_studio_url(cfg, opts.config_path)
+    listen = opts.metrics_listen or cfg.metrics_listen
+    if listen:
+        parse_listen(listen)  # binding it is tried in `run`, after the pool has started
+    if gpus:
+        with prepared_gpus(specs, cfg, os.environ):
+            pass  # opening and pinning is the check; the Supervisor does it again for real
     return specs
 
 
@@ -101,13 +142,15 @@ class Supervisor:
     def __init__(self, opts: StartOptions) -> None:
         self.opts = opts
         cfg = load_config(opts.config_path)
-        self.specs = slot_specs(cfg, opts.engines)
+        self.specs = check_start(cfg, opts)  # raises before anything is created
         listen = opts.metrics_listen or cfg.metrics_listen
-        if listen:
-            parse_listen(listen)  # a bad address fails here, before anything is created
         self.state = WorkerState()
         self.logs = LogShipQueue()
-        self.pool = EnginePool(self.specs, pool_settings(cfg, opts))
+        # Closed at the end of `run`, or here when the pool cannot be made.
+        with contextlib.ExitStack() as resources:
+            gpus = resources.enter_context(prepared_gpus(self.specs, cfg, os.environ))
+            self.pool = EnginePool(self.specs, pool_settings(cfg, opts), gpus)
+            self._resources = resources.pop_all()
         self.pool.add_listener(self.state.nudge)
         self.stop = anyio.Event()
         self.stop_reason = "session ended"
@@ -143,6 +186,7 @@ class Supervisor:
             if startup_error is not None:
                 raise startup_error
         finally:
+            self._resources.close()
             logging.getLogger().removeHandler(handler)
             self._log_summary(code)
             for logger in raised:  # leave the embedding process's logging as it was
@@ -186,21 +230,21 @@ class Supervisor:
                 await serve_studio(deps)
         except RegistrationAbortedError as exc:
             log.info("%s", exc)
-            return 0
+            return exc.exit_code
         except AuthFailed as exc:
             self.stop_reason = f"ws auth failed: {exc.reason}"
-            return 3
+            return exc.exit_code
         except SessionFatal as exc:
             self.stop_reason = f"ws fatal: {exc.reason}"
-            return 4
+            return exc.exit_code
         except ReconnectExhausted as exc:
             self.stop_reason = str(exc)
-            return 5
-        except WorkerError as exc:
+            return exc.exit_code
+        except WorkerError as exc:  # e.g. a rejected registration (3), the studio unreachable (1)
             self.stop_reason = str(exc)
             log.error("%s", exc)
-            return 1
-        return 0
+            return exc.exit_code
+        return ExitCode.OK
 
     def _capabilities(self, cfg: WorkerConfig) -> Capabilities:
         """What the register request advertises (registration passes the live config)."""
@@ -209,13 +253,24 @@ class Supervisor:
             self.pool.models_per_kind(),
             paused=self.state.paused,
             max_concurrent_jobs=self.pool.capacity(),
+            vram_gb=self.pool.gpu.advertised_gb(cfg.vram_threshold_gb),
         )
 
     async def _wait_for_hosts(self) -> None:
         """Give the hosts a chance to come up so the first hello advertises real models;
         a host that cannot start is reported by its slot and does not block the session."""
         timeout = self.initial_config.ready_timeout_s
-        if not await self.pool.wait_ready(timeout):
+        ready = False
+        async with anyio.create_task_group() as tg:
+
+            async def stop_waiting() -> None:
+                await self.stop.wait()  # a stop during start-up must not wait for the hosts
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_waiting)
+            ready = await self.pool.wait_ready(timeout)
+            tg.cancel_scope.cancel()
+        if not ready and not self.stop.is_set():
             log.warning("not every engine host was ready after %.0f s; connecting anyway", timeout)
 
     async def _drain_pool(self) -> None:

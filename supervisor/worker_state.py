@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from supervisor.session_state import SessionEvent, SessionPhase, session_machine
 from supervisor.stats import JOB_SECONDS_BUCKETS, DurationHistogram
-from supervisor.studio.session_state import SessionEvent, SessionLifecycle, SessionPhase
 
 
 @dataclass
@@ -33,7 +33,7 @@ class WorkerState:
     def __init__(self) -> None:
         self.paused = False
         self.shutting_down = False
-        self.session = SessionLifecycle()
+        self.session = session_machine()
         self.worker_id: str | None = None
         self.jobs: dict[str, ActiveJob] = {}
         self.last_heartbeat_ack: float | None = None
@@ -41,6 +41,8 @@ class WorkerState:
         self.sessions_welcomed = 0
         # outcome -> count: done, failed_retryable, failed_final, rejected_busy, rejected_paused
         self.job_outcomes: Counter[str] = Counter()
+        # cause of each failed job: vram_oom, signal, poison, upload, missing_engine, ...
+        self.job_failures: Counter[str] = Counter()
         # (kind, engine) -> how long accepted jobs took, accept to result delivered
         self.job_seconds: dict[tuple[str, str], DurationHistogram] = {}
         self.changed = anyio.Event()
@@ -52,7 +54,7 @@ class WorkerState:
 
     @property
     def phase(self) -> SessionPhase:
-        return self.session.phase
+        return self.session.state
 
     def session_event(self, event: SessionEvent) -> None:
         self.session.apply(event)

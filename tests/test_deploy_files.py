@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.cli.service_unit import SYSTEM_CONFIG_PATH, ServiceSpec, render_unit
+from supervisor.exit_codes import restart_prevent_exit_statuses
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -153,3 +154,11 @@ def test_env_example_args_are_start_options():
     ).stdout
     for option in (a for a in args if a.startswith("--")):
         assert option in help_text, option
+
+
+def test_unit_restart_prevention_is_the_exit_code_table():
+    """The exit statuses systemd must not restart after are the table's, not typed twice."""
+    text = (DEPLOY / "studio-worker.service").read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("RestartPreventExitStatus=")]
+    listed = tuple(int(c) for c in line.partition("=")[2].split())
+    assert listed == restart_prevent_exit_statuses()

@@ -15,10 +15,16 @@ from typing import Any
 import msgspec
 import pytest
 
+from localstudio import jobs as studio_jobs
+from localstudio import session as studio_session
 from protocol import ipc
+from protocol.state_machine import edges as table_edges
+from supervisor import session_state
 from supervisor.config import WorkerConfig
+from supervisor.exit_codes import EXIT_CODES
+from supervisor.gpu import health as gpu_health
 from supervisor.pool import slot_state
-from supervisor.studio import session_state
+from supervisor.studio import registration_state
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
@@ -52,12 +58,37 @@ def test_slot_diagram_is_the_transition_table():
     assert initial == slot_state.INITIAL.value
 
 
-def test_session_diagram_is_the_transition_table():
-    block = mermaid_block(ARCHITECTURE, "supervisor/studio/session_state.py TRANSITIONS")
+def test_registration_diagram_is_the_transition_table():
+    block = mermaid_block(ARCHITECTURE, "supervisor/studio/registration_state.py TRANSITIONS")
     initial, edges = diagram(block)
-    table = {(p.value, nxt.value, e.value) for (p, e), nxt in session_state.TRANSITIONS.items()}
-    assert edges == table
-    assert initial == session_state.SessionLifecycle().phase.value
+    assert edges == table_edges(registration_state.TRANSITIONS)
+    assert initial == registration_state.RegistrationPhase.PRISTINE.value
+
+
+def test_gpu_health_diagram_is_the_transition_table():
+    block = mermaid_block(ARCHITECTURE, "supervisor/gpu/health.py TRANSITIONS")
+    initial, edges = diagram(block)
+    assert edges == table_edges(gpu_health.TRANSITIONS)
+    assert initial == gpu_health.INITIAL.value
+
+
+def test_session_diagram_is_the_transition_table():
+    block = mermaid_block(ARCHITECTURE, "supervisor/session_state.py TRANSITIONS")
+    initial, edges = diagram(block)
+    assert edges == table_edges(session_state.TRANSITIONS)
+    assert initial == session_state.INITIAL.value
+
+
+def test_local_studio_job_diagram_is_the_transition_table():
+    initial, edges = diagram(mermaid_block(ARCHITECTURE, "localstudio/jobs.py TRANSITIONS"))
+    assert edges == table_edges(studio_jobs.TRANSITIONS)
+    assert initial == studio_jobs.INITIAL.value
+
+
+def test_local_studio_session_diagram_is_the_transition_table():
+    initial, edges = diagram(mermaid_block(ARCHITECTURE, "localstudio/session.py TRANSITIONS"))
+    assert edges == table_edges(studio_session.TRANSITIONS)
+    assert initial == studio_session.INITIAL.value
 
 
 def table_after(text: str, heading: str) -> list[list[str]]:
@@ -181,3 +212,32 @@ def test_troubleshooting_metrics_and_logs_are_real():
     used = set(re.findall(r"studio_worker_\w+", TROUBLESHOOTING + GUIDE))
     histogram_parts = {f"{m}_{p}" for m in metrics for p in ("bucket", "sum", "count")}
     assert used <= metrics | histogram_parts, used - metrics - histogram_parts
+
+
+def test_exit_code_table_is_exit_codes_py():
+    """Every code, its name, meaning, action and restart column, in the table's order."""
+    rows = table_after(GUIDE, "## Exit codes")
+    documented = [
+        (int(code), name.strip("`"), meaning, action, restarts)
+        for code, name, meaning, action, restarts in rows
+    ]
+    expected = [
+        (int(c), c.name, i.meaning, i.action, "yes" if i.systemd_restarts else "no")
+        for c, i in EXIT_CODES.items()
+    ]
+    assert documented == expected
+
+
+def test_troubleshooting_error_lines_exist_in_the_code():
+    """The ``error:`` texts troubleshooting quotes are still what the code says."""
+    strings = source_strings()
+    rows = table_after(TROUBLESHOOTING, "## Errors on the command line")
+    texts = [m.group(2).strip() for row in rows for m in CODE_SPAN.finditer(row[0])]
+    assert len(texts) >= 15
+    missing = [
+        (text, piece.strip())
+        for text in texts
+        for piece in PLACEHOLDER.split(text)
+        if len(piece.strip()) >= 8 and piece.strip() not in strings
+    ]
+    assert not missing, missing

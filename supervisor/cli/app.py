@@ -1,22 +1,32 @@
 """The ``supervisor`` command line: argument parsing and printing only.
 
 Global options (``--config PATH``, ``--version``) come before the subcommand; each
-subcommand calls one function in ``commands.py`` and prints what it returns. A WorkerError
-becomes ``error: <message>`` on stderr and exit status 1, never a traceback.
+subcommand calls one function in ``commands.py`` (or a module beside it) and prints what it
+returns. Every refusal, in every command, is one ``error: <message>`` line on stderr and
+the exit status of ``exit_codes.py``, never a traceback: a WorkerError exits with its
+class's ``exit_code``, a bad flag or value (typer's usage errors, turned into that one line
+by ``main``) with 2, and ``start`` with the code the session ended on.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from supervisor.cli import commands, studio_commands
 from supervisor.config import default_config_path
 from supervisor.errors import WorkerError
+from supervisor.exit_codes import ExitCode
+
+# Outside `start` nothing configures logging, and Python's last-resort handler would print
+# library warnings (config.py's "config.toml is invalid") beside the one `error:` line.
+logging.getLogger("supervisor").addHandler(logging.NullHandler())
 
 app = typer.Typer(
     name="supervisor",
@@ -71,13 +81,19 @@ def _config_path(ctx: typer.Context) -> Path:
     return options.config_path
 
 
+def _fail(exc: WorkerError) -> NoReturn:
+    """``error: <message>`` as one line on stderr, then the exit status of its class."""
+    message = " ".join(str(exc).splitlines())  # a studio's body may span lines
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(exc.exit_code) from None
+
+
 def _run(action: Callable[[], str]) -> None:
-    """Print what ``action`` returns; a WorkerError exits 1 with its message on stderr."""
+    """Print what ``action`` returns; a WorkerError is reported by ``_fail``."""
     try:
         text = action()
     except WorkerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     typer.echo(text)
 
 
@@ -138,6 +154,14 @@ def start(
     local_port: Annotated[
         int, typer.Option("--local-port", help="Port of the --local studio (0 = any free port).")
     ] = 9790,
+    one_offer_per_worker: Annotated[
+        bool,
+        typer.Option(
+            "--one-offer-per-worker",
+            help="With --local: the local studio offers one job at a time per worker, like the "
+            "cloud studio (default: up to the worker's maxConcurrentJobs).",
+        ),
+    ] = False,
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="`text` (default) or `json` log lines.")
     ] = None,
@@ -165,10 +189,10 @@ def start(
             log_format=log_format,
             metrics=metrics,
             faults=faults,
+            one_offer_per_worker=one_offer_per_worker,
         )
     except WorkerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(exc)
     raise typer.Exit(code)
 
 
@@ -176,7 +200,13 @@ def start(
 def status(ctx: typer.Context) -> None:
     """Registration, session and every engine slot of the running supervisor."""
     path = _config_path(ctx)
-    _run(lambda: commands.status(path))
+    try:
+        text, down = commands.status(path)
+    except WorkerError as exc:
+        _fail(exc)
+    typer.echo(text)  # the config lines and `supervisor: not running` are worth having
+    if down is not None:
+        _fail(down)
 
 
 @app.command()
@@ -241,8 +271,7 @@ def install_service(
             exec_path=exec_path,
         )
     except WorkerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     raise typer.Exit(code)
 
 
@@ -254,8 +283,7 @@ def uninstall_service(user: ScopeOption = True, dry_run: DryRunOption = False) -
     try:
         code = uninstall(scope="user" if user else "system", dry_run=dry_run, echo=typer.echo)
     except WorkerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     raise typer.Exit(code)
 
 
@@ -273,16 +301,28 @@ def studio_serve(
         bool, typer.Option("--auto-approve", help="Approve every registration request at once.")
     ] = False,
     heartbeat_timeout: Annotated[float, typer.Option("--heartbeat-timeout")] = 30.0,
+    one_offer_per_worker: Annotated[
+        bool,
+        typer.Option(
+            "--one-offer-per-worker",
+            help="Offer one job at a time per worker, like the cloud studio "
+            "(default: up to the worker's maxConcurrentJobs).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the local studio until Ctrl-C (SQLite queue and assets under --data-dir)."""
-    from localstudio.__main__ import main as studio_main
-
     argv = ["--host", host, "--port", str(port), "--heartbeat-timeout", str(heartbeat_timeout)]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     if auto_approve:
         argv.append("--auto-approve")
-    raise typer.Exit(studio_main(argv))
+    if one_offer_per_worker:
+        argv.append("--one-offer-per-worker")
+    try:
+        code = studio_commands.serve(argv)
+    except WorkerError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
 
 
 @studio_app.command("pending")
@@ -345,34 +385,45 @@ def submit(
     timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
     studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
 ) -> None:
-    """Queue a job on a local studio, wait for it, and save the asset or JSON."""
+    """Queue a job on a local studio, wait for it, and save the asset or JSON (a failed job
+    is an `error:` line and exit status 1)."""
     options: dict[str, object] = {}
-    if kind in ("image", "video"):
-        options.update(width=width, height=height, ext=ext)
-        if kind == "image":
-            options.update(steps=steps, seed=seed)
-    elif kind == "llm":
-        options.update(
-            max_tokens=max_tokens,
-            system=system,
-            seed=seed,
-            json_schema=studio_commands.parse_json_option(json_schema),
-        )
-    elif kind == "audio_tts":
-        options.update(ext=ext)
     try:
+        if kind in ("image", "video"):
+            options.update(width=width, height=height, ext=ext)
+            if kind == "image":
+                options.update(steps=steps, seed=seed)
+        elif kind == "llm":
+            options.update(
+                max_tokens=max_tokens,
+                system=system,
+                seed=seed,
+                json_schema=studio_commands.parse_json_option(json_schema),
+            )
+        elif kind == "audio_tts":
+            options.update(ext=ext)
         task = studio_commands.build_task(kind, prompt, options)
         source = studio_commands.build_source(model, engine, file or [])
-        ok, text = studio_commands.submit(
-            studio, task, source, model, out_dir=out, timeout_s=timeout
-        )
+        text = studio_commands.submit(studio, task, source, model, out_dir=out, timeout_s=timeout)
     except WorkerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(exc)
     typer.echo(text)
-    raise typer.Exit(0 if ok else 1)
 
 
 def main() -> None:
-    """Console-script entry point (``supervisor``)."""
-    app(prog_name="supervisor")
+    """Console-script entry point (``supervisor``). Run without typer's standalone mode so a
+    bad flag or value comes back here and is reported like every other refusal: one
+    ``error:`` line and exit status 2 (typer would draw a box of usage text)."""
+    try:
+        code = app(prog_name="supervisor", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's usage errors: no such option, bad value...
+        message = exc.format_message()
+        if message:  # empty: a bare `supervisor`, whose help is already printed
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(message.splitlines())}{hint}", err=True)
+        code = ExitCode.USAGE
+    except typer.Abort:  # end of input at a prompt
+        typer.echo("error: aborted", err=True)
+        code = ExitCode.FAILED
+    sys.exit(code)

@@ -14,7 +14,7 @@ from typing import Final
 
 from supervisor import __version__
 from supervisor.config import load_config, render_config, save_config
-from supervisor.errors import UsageError
+from supervisor.errors import ControlError, SupervisorNotRunning, UsageError
 from supervisor.studio.urls import normalize_base_url
 
 log = logging.getLogger("supervisor.commands")
@@ -75,27 +75,27 @@ def set_threshold(cfg_path: Path, gb: float) -> str:
     return f"vram_threshold_gb = {_display_float(gb)}"
 
 
-def status(cfg_path: Path) -> str:
-    """The config lines of §8, then the live report of a running supervisor, if any."""
+def status(cfg_path: Path) -> tuple[str, SupervisorNotRunning | None]:
+    """The config lines of §8, then the live report of a running supervisor; with none
+    running, the report says ``not running`` and the error comes back beside it (the CLI
+    prints both: the registration lines are worth having either way)."""
     from supervisor.cli.status_view import render_status
-    from supervisor.ops.control import SupervisorNotRunning, ask, socket_path
+    from supervisor.ops.control import ask, socket_path
 
     cfg = load_config(cfg_path)
     try:
         reply = ask(socket_path(cfg_path), "status")
-    except SupervisorNotRunning:
-        return render_status(cfg_path, cfg, None)
-    return render_status(cfg_path, cfg, reply.status)
+    except SupervisorNotRunning as exc:
+        return render_status(cfg_path, cfg, None), exc
+    return render_status(cfg_path, cfg, reply.status), None
 
 
 def control(cfg_path: Path, cmd: str) -> str:
-    """Send ``pause`` / ``resume`` to the running supervisor."""
-    from supervisor.ops.control import SupervisorNotRunning, ask, socket_path
+    """Send ``pause`` / ``resume`` to the running supervisor; raises ControlError
+    (SupervisorNotRunning when none runs for this config)."""
+    from supervisor.ops.control import ask, socket_path
 
-    try:
-        reply = ask(socket_path(cfg_path), cmd)
-    except SupervisorNotRunning as exc:
-        raise UsageError(str(exc)) from None
+    reply = ask(socket_path(cfg_path), cmd)
     if not reply.ok:
-        raise UsageError(reply.message)
+        raise ControlError(f"the supervisor refused `{cmd}`: {reply.message}")
     return reply.message

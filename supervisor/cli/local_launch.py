@@ -3,7 +3,8 @@
 The studio runs as its own process (``python -m localstudio``; the supervisor never imports
 it) with auto-approval, on 127.0.0.1, with its data next to a config file of its own, so the
 operator's real registration is never touched. The supervisor then registers with it like
-with any studio.
+with any studio. ``--one-offer-per-worker`` is handed on to the studio (it then offers like
+the cloud studio: one job at a time per worker).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Final
 
 from supervisor.cli.commands import REGISTRATION_FIELDS
 from supervisor.config import default_config_path, load_config, save_config
-from supervisor.errors import WorkerError
+from supervisor.errors import LocalStudioError
 
 log = logging.getLogger("supervisor.local")
 
@@ -28,16 +29,14 @@ READY_PREFIX: Final = "local studio listening on "
 START_TIMEOUT_S: Final = 30.0
 
 
-class LocalStudioError(WorkerError):
-    """The local studio process could not be started (port taken, crash at start)."""
-
-
 def local_config_path() -> Path:
     return default_config_path().parent / "local" / "config.toml"
 
 
 @contextlib.contextmanager
-def local_studio(config_path: Path, port: int) -> Iterator[str]:
+def local_studio(
+    config_path: Path, port: int, *, one_offer_per_worker: bool = False
+) -> Iterator[str]:
     """Start the studio, point ``config_path`` at it, yield its URL, stop it afterwards."""
     data_dir = config_path.parent / "studio"
     argv = [
@@ -52,6 +51,8 @@ def local_studio(config_path: Path, port: int) -> Iterator[str]:
         str(data_dir),
         "--auto-approve",
     ]
+    if one_offer_per_worker:
+        argv.append("--one-offer-per-worker")
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "studio.log"
     # stderr goes to a file: an unread pipe would fill up and freeze the studio.
@@ -93,8 +94,10 @@ def _read_ready_line(proc: subprocess.Popen[str], log_path: Path) -> str:
     if not line.startswith(READY_PREFIX):
         proc.kill()
         tail = log_path.read_text(errors="replace").strip()[-500:] if log_path.exists() else ""
+        detail = " ".join((tail or line or "no output").split())  # one `error:` line
         raise LocalStudioError(
-            f"the local studio did not start within {START_TIMEOUT_S:.0f} s: {tail or line}"
+            f"the local studio did not start within {START_TIMEOUT_S:.0f} s: {detail} "
+            f"(log: {log_path}; pick another --local-port if the port is taken)"
         )
     return line[len(READY_PREFIX) :].split(" ", 1)[0].strip()
 

@@ -4,9 +4,9 @@ and run ``systemctl``, printing every command it runs and what it printed.
 The unit text and the command lists come from ``service`` (pure); this module only finds
 the facts (the ``supervisor`` script, the config, which GPU groups exist), touches the
 file system and runs commands. When ``systemctl`` is missing or a command fails, the
-commands still to be run are printed for the operator and the exit status is 1; the unit
-file stays written so they can be run by hand. ``--dry-run`` prints everything and changes
-nothing.
+commands still to be run are printed for the operator and ServiceError is raised (exit
+status 1); the unit file stays written so they can be run by hand. ``--dry-run`` prints
+everything and changes nothing.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from supervisor.cli.service_unit import (
     useradd_command,
 )
 from supervisor.config import WorkerConfig, load_config
-from supervisor.errors import UsageError
-from supervisor.pool.slot_spec import SlotSpecError, parse_engines
+from supervisor.errors import ServiceError, UsageError
+from supervisor.pool.slot_spec import parse_engines
 
 Echo = Callable[[str], None]
 COMMAND_TIMEOUT_S = 120.0
@@ -100,9 +100,9 @@ def _show(argv: list[str]) -> str:
     return "$ " + shlex.join(argv)
 
 
-def run_commands(commands: list[list[str]], echo: Echo) -> bool:
+def run_commands(commands: list[list[str]], echo: Echo) -> str | None:
     """Run each command, printing it and its output; on the first failure (or a missing
-    program) print the commands left to run by hand and return False."""
+    program) print the commands left to run by hand and return what went wrong."""
     for i, argv in enumerate(commands):
         echo(_show(argv))
         try:
@@ -123,16 +123,13 @@ def run_commands(commands: list[list[str]], echo: Echo) -> bool:
         echo(f"{problem}; run these yourself:")
         for left in commands[i:]:
             echo("  " + shlex.join(left))
-        return False
-    return True
+        return problem
+    return None
 
 
 def _check_engines(engines: str) -> None:
     """What `start --engines` would refuse, refused now rather than in a restart loop."""
-    try:
-        specs = parse_engines(engines)
-    except SlotSpecError as exc:
-        raise UsageError(str(exc)) from None
+    specs = parse_engines(engines)  # SlotSpecError: a usage error like UsageError
     problems = [p for p in (missing_backend(e) for e in sorted({s.engine for s in specs})) if p]
     if problems:
         raise UsageError("; ".join(problems))
@@ -200,14 +197,20 @@ def install_service(
             echo("  " + shlex.join(argv))
         return 0
     _require_root(scope, "installing")
-    if prepare and not run_commands(prepare, echo):
-        return 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(unit)
-    path.chmod(0o644)
+    if prepare and (problem := run_commands(prepare, echo)):
+        raise ServiceError(f"{problem}: nothing is installed yet; run the commands printed above")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(unit)
+        path.chmod(0o644)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot write {path}: {exc.strerror or exc}; `--dry-run` prints the unit to "
+            "install by hand"
+        ) from None
     echo(f"wrote {path}")
-    if not run_commands(commands, echo):
-        return 1
+    if problem := run_commands(commands, echo):
+        raise ServiceError(f"{problem}: {path} is written; run the commands printed above")
     _after_install_notes(scope, config_path, cfg, echo)
     return 0
 
@@ -246,16 +249,21 @@ def uninstall_service(
         echo("  " + shlex.join(reload[0]))
         return 0
     _require_root(scope, "removing")
-    ok = run_commands(stop, echo)
+    problem = run_commands(stop, echo)
     if path.exists():
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise ServiceError(f"cannot remove {path}: {exc.strerror or exc}") from None
         echo(f"removed {path}")
     else:
         echo(f"{path} was not there")
-    ok = run_commands(reload, echo) and ok
+    problem = run_commands(reload, echo) or problem
     if scope == "system":
         echo(
             f"left in place: the service user, {SYSTEM_STATE_DIR} (config with credentials, "
             f"models) and {SYSTEM_ENV_FILE}"
         )
-    return 0 if ok else 1
+    if problem:
+        raise ServiceError(f"{problem}; run the commands printed above")
+    return 0

@@ -12,8 +12,9 @@ lists. The unit's choices, and why:
   grace, the host stop ladder (``Shutdown`` -> grace -> SIGTERM -> grace) and a margin.
 - ``OOMPolicy=continue``: the kernel OOM-killing one engine host must not stop the unit;
   the supervisor restarts that host (systemd's default for services is ``stop``).
-- ``RestartPreventExitStatus=2 3``: a start-up error (bad config, missing engine library,
-  taken metrics port) and an auth failure need the operator, not a restart every 10 s.
+- ``RestartPreventExitStatus=`` lists the exit statuses that need the operator, not a
+  restart every 10 s (a usage or configuration error, an auth failure): it is derived from
+  the ``systemd_restarts`` column of ``exit_codes.py``, never written by hand.
 - Hardening (system scope) keeps GPUs reachable: no ``PrivateDevices``, no ``DevicePolicy``
   or ``DeviceAllow``, and no ``ProtectClock``/``ProtectKernelLogs`` (each adds a device
   rule, which turns device access into an allow-list that hides ``/dev/nvidia*``,
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from supervisor.exit_codes import restart_prevent_exit_statuses
 from supervisor.pool.settings import PoolSettings
 
 Scope = Literal["user", "system"]
@@ -45,9 +47,6 @@ DEFAULT_SERVICE_USER: Final = SERVICE_NAME
 GPU_GROUPS: Final = ("video", "render")  # /dev/dri/* (Vulkan, ROCm) and /dev/kfd (ROCm)
 EXTRA_ARGS_VAR: Final = "STUDIO_WORKER_ARGS"  # extra `start` options from the env file
 STOP_MARGIN_S: Final = 15.0
-# Exit statuses of `supervisor start` that a restart cannot fix (cli.py, runtime.py).
-EXIT_STARTUP_ERROR: Final = 2
-EXIT_AUTH_FAILED: Final = 3
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ def render_unit(spec: ServiceSpec) -> str:
         f"ExecStart={exec_start(spec)}",
         "Restart=on-failure",
         "RestartSec=10",
-        f"RestartPreventExitStatus={EXIT_STARTUP_ERROR} {EXIT_AUTH_FAILED}",
+        f"RestartPreventExitStatus={' '.join(map(str, restart_prevent_exit_statuses()))}",
         "KillMode=mixed",
         "KillSignal=SIGTERM",
         f"TimeoutStopSec={timeout_stop_s(spec.drain_grace_s)}",

@@ -14,18 +14,20 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Final
+from typing import Final, get_args
 
 from engines.cpu_threads import THREADS_ENV, parse_threads_override
 from supervisor.cli.local_launch import local_config_path, local_studio
-from supervisor.config import load_config
+from supervisor.config import LogFormat, load_config
 from supervisor.errors import UsageError
 from supervisor.logging_setup import configure_logging
-from supervisor.runtime import StartOptions, run_supervisor
+from supervisor.runtime import StartOptions, check_start, run_supervisor
 from supervisor.studio.registration import POLL_INTERVAL_S
 
 REGISTRATION_POLL_ENV: Final = "STUDIO_WORKER_REGISTRATION_POLL_S"
 LOCAL_REGISTRATION_POLL_S: Final = 1.0
+LOG_FORMATS: Final = get_args(LogFormat)
+MAX_PORT: Final = 65535
 
 
 def registration_poll_s(*, local: bool) -> float:
@@ -61,13 +63,24 @@ def run_start(
     log_format: str | None,
     metrics: str | None,
     faults: str,
+    one_offer_per_worker: bool = False,
 ) -> int:
+    """Check everything that can be checked without starting anything, then run; every
+    refusal is a WorkerError raised before the first log line (the CLI prints it as one
+    ``error:`` line). Returns the exit status of the supervisor (``exit_codes.py``)."""
     if local and not explicit_config:
         config_path = local_config_path()
+    if log_format not in (None, *LOG_FORMATS):
+        raise UsageError(
+            f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}"
+        )
+    if one_offer_per_worker and not local:
+        raise UsageError("--one-offer-per-worker sets the --local studio's offer rule; add --local")
+    if local and not 0 <= local_port <= MAX_PORT:
+        raise UsageError(f"--local-port must be from 0 to {MAX_PORT}, got {local_port}")
     poll_s = registration_poll_s(local=local)
     check_threads_override()
     cfg = load_config(config_path)
-    configure_logging(log_format or cfg.log_format)
     opts = StartOptions(
         config_path=config_path,
         engines=engines,
@@ -75,5 +88,13 @@ def run_start(
         metrics_listen=metrics if metrics is not None else cfg.metrics_listen,
         registration_poll_s=poll_s,
     )
-    with local_studio(config_path, local_port) if local else contextlib.nullcontext():
+    # The Supervisor checks again when it is built; this is before the local studio starts,
+    # whose URL then replaces the config's (so that one is not checked here).
+    check_start(cfg, opts, studio_url=not local, gpus=True)
+    configure_logging(log_format or cfg.log_format)
+    with (
+        local_studio(config_path, local_port, one_offer_per_worker=one_offer_per_worker)
+        if local
+        else contextlib.nullcontext()
+    ):
         return run_supervisor(opts)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from supervisor.config import WorkerConfig
-from supervisor.ops.control import StatusReport
+from supervisor.ops.status_report import GpuView, SlotView, StatusReport
 
 LABEL_WIDTH = 20
 
@@ -53,6 +53,9 @@ def live_lines(report: StatusReport) -> list[str]:
         _line("reconnects", report.reconnects),
         _line("jobs", outcomes),
     ]
+    if report.job_failures:
+        causes = ", ".join(f"{k}={v}" for k, v in sorted(report.job_failures.items()))
+        lines.append(_line("failures by cause", causes))
     for job in report.jobs:
         progress = f" {job.step}/{job.total}" if job.total else ""
         lines.append(
@@ -82,9 +85,42 @@ def live_lines(report: StatusReport) -> list[str]:
             f"  {s.slot:<24}{state:<12}{s.pid or '-'!s:<9}{s.jobs_done:<6}{restarts:<14}"
             f"{_mib(s.rss_bytes):<10}{_mib(s.vram_bytes):<10}{s.job_id or '-'}"
         )
-        if s.last_exit:
-            lines.append(f"  {'':<24}last exit: {s.last_exit}")
+        lines.extend(_slot_detail(s))
+    lines.extend(_gpu_lines(report))
     return lines
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f}GiB"
+
+
+def _slot_detail(s: SlotView) -> list[str]:
+    pad = f"  {'':<24}"
+    lines = []
+    if s.gpu_uuid:
+        lines.append(f"{pad}on gpu {s.gpu}: {s.gpu_name} {s.gpu_uuid}")
+    if s.models:
+        loaded = ", ".join(f"{m.load_key} ({_gib(m.size_bytes)})" for m in s.models)
+        lines.append(f"{pad}loaded: {loaded}")
+    if s.last_exit:
+        lines.append(f"{pad}last exit: {s.last_exit}")
+    return lines
+
+
+def _gpu_lines(report: StatusReport) -> list[str]:
+    if not report.gpus:
+        return [_line("gpus", "none found (no NVIDIA driver or simulation)")]
+    lines = [f"gpus: ({report.gpu_source})"]
+    for g in report.gpus:
+        lines.append(_gpu_line(g))
+    return lines
+
+
+def _gpu_line(g: GpuView) -> str:
+    return (
+        f"  gpu {g.index}: {g.health} {g.name} {g.uuid} total {_gib(g.total_bytes)}, "
+        f"used {_gib(g.used_bytes)}, free {_gib(g.free_bytes)}, evictions {g.evictions}"
+    )
 
 
 def render_status(cfg_path: Path, cfg: WorkerConfig, report: StatusReport | None) -> str:

@@ -1,15 +1,21 @@
 """``supervisor studio ...`` and ``supervisor submit``: the local studio's operator side.
 
 These commands talk to a local studio over its ``/local`` HTTP API (``localstudio.client``,
-imported lazily: the supervisor runtime itself never loads the local studio package).
+imported lazily: the supervisor runtime itself never loads the local studio package). The
+client's own errors and httpx's are turned into this package's (``talking_to``), so a
+studio that is not running is one ``error:`` line, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 
 from protocol.tasks import (
@@ -24,7 +30,20 @@ from protocol.tasks import (
     Task,
     VideoTask,
 )
-from supervisor.errors import UsageError
+from supervisor.errors import (
+    JobFailedError,
+    JobWaitTimeout,
+    LocalStudioError,
+    StudioHttpError,
+    StudioResponseError,
+    StudioTransportError,
+    SubmitError,
+    UrlError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from localstudio.client import LocalStudioClient
 
 DEFAULT_STUDIO_URL: Final = "http://127.0.0.1:9790"
 BINARY_KINDS: Final = frozenset({"image", "audio_tts", "video"})
@@ -67,6 +86,66 @@ def build_source(model: str, engine: str | None, files: list[str]) -> ModelSourc
     )
 
 
+@contextlib.contextmanager
+def talking_to(studio_url: str, op: str) -> Iterator[LocalStudioClient]:
+    """A client for the local studio whose failures come out as this package's errors:
+    StudioTransportError (nobody answers), StudioHttpError (non-2xx), StudioResponseError
+    (an answer that does not decode), UrlError (a ``--studio`` that is no http(s) URL) and
+    JobWaitTimeout, so the CLI prints one ``error:`` line and the table's exit code."""
+    from localstudio.client import LocalStudioClient
+    from localstudio.errors import JobWaitTimeoutError, StudioApiError
+
+    if urlsplit(studio_url).scheme not in ("http", "https"):
+        raise UrlError(f'invalid --studio "{studio_url}": expected http://HOST:PORT')
+    try:
+        with LocalStudioClient(studio_url) as client:
+            yield client
+    except StudioApiError as exc:
+        raise StudioHttpError(op, exc.status, exc.message) from None
+    except JobWaitTimeoutError as exc:
+        raise JobWaitTimeout(exc.job_id, exc.status, exc.timeout_s) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise UrlError(f'invalid --studio "{studio_url}": {exc}') from None
+    except httpx.TransportError as exc:
+        raise StudioTransportError(
+            op,
+            f"{str(exc) or type(exc).__name__} (is a local studio running at {studio_url}? "
+            "`supervisor studio serve` or `supervisor start --local` runs one)",
+        ) from None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StudioResponseError(op, str(exc)) from None
+
+
+def serve(argv: list[str]) -> int:
+    """Run the local studio in this process until a signal (``localstudio.__main__``). Its
+    own refusals (a port it cannot listen on, unsafe settings), which its task group wraps
+    in an ExceptionGroup, come out as one LocalStudioError."""
+    from localstudio.__main__ import main as studio_main
+    from localstudio.errors import LocalStudioError as StudioRefusal
+    from localstudio.errors import StudioStartupError
+
+    try:
+        return studio_main(argv)
+    except (StudioRefusal, ExceptionGroup) as exc:
+        refusal = _first_refusal(exc, StudioRefusal)
+        if refusal is None:
+            raise
+        hint = ""
+        if isinstance(refusal, StudioStartupError):
+            hint = "; pick another --port, or stop what listens there"
+        raise LocalStudioError(f"{refusal}{hint}") from None
+
+
+def _first_refusal(exc: BaseException, kind: type[Exception]) -> Exception | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if found := _first_refusal(inner, kind):
+                return found
+    return None
+
+
 def submit(
     studio_url: str,
     task: Task,
@@ -76,34 +155,41 @@ def submit(
     out_dir: Path,
     timeout_s: float,
     vram_gb: float = 0.0,
-) -> tuple[bool, str]:
-    """Queue, wait, save the result; (succeeded, text to print)."""
-    from localstudio.client import LocalStudioClient
-
-    with LocalStudioClient(studio_url) as client:
+) -> str:
+    """Queue, wait, save the result; the text to print. Raises JobFailedError when the job
+    fails, JobWaitTimeout at ``timeout_s``, SubmitError when the result cannot be saved."""
+    if not timeout_s > 0:
+        raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout_s:g}")
+    with talking_to(studio_url, "submit") as client:
         job = client.submit_job(model, task, source, vram_gb_estimate=vram_gb)
         job = client.wait_for_job(job.id, timeout_s=timeout_s)
         if job.status != "done":
-            return False, f"job {job.id} {job.status} after {job.attempts} attempt(s): {job.error}"
+            raise JobFailedError(job.id, job.attempts, job.error)
+        data = client.get_asset(job.id) if job.kind in BINARY_KINDS else None
+    if data is not None:
+        ext = Path(job.asset_path or "").suffix or ".bin"
+        path = _save(out_dir, f"{job.id}{ext}", data)
+        return f"job {job.id} done: {len(data)} bytes saved to {path}"
+    text = json.dumps(job.result, indent=2)
+    path = _save(out_dir, f"{job.id}.json", (text + "\n").encode())
+    return f"job {job.id} done: result saved to {path}\n{text}"
+
+
+def _save(out_dir: Path, name: str, data: bytes) -> Path:
+    path = out_dir / name
+    try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if job.kind in BINARY_KINDS:
-            data = client.get_asset(job.id)
-            ext = Path(job.asset_path or "").suffix or ".bin"
-            path = out_dir / f"{job.id}{ext}"
-            path.write_bytes(data)
-            return True, f"job {job.id} done: {len(data)} bytes saved to {path}"
-        path = out_dir / f"{job.id}.json"
-        path.write_text(json.dumps(job.result, indent=2) + "\n")
-        return (
-            True,
-            f"job {job.id} done: result saved to {path}\n{json.dumps(job.result, indent=2)}",
-        )
+        path.write_bytes(data)
+    except OSError as exc:
+        raise SubmitError(
+            f"cannot save the result to {path}: {exc.strerror or exc}; the job is done on the "
+            "studio: pass another --out"
+        ) from None
+    return path
 
 
 def pending(studio_url: str) -> str:
-    from localstudio.client import LocalStudioClient
-
-    with LocalStudioClient(studio_url) as client:
+    with talking_to(studio_url, "studio pending") as client:
         rows = client.pending()
     if not rows:
         return "no pending registration requests"
@@ -114,17 +200,14 @@ def pending(studio_url: str) -> str:
 
 
 def decide(studio_url: str, request_id: str, approve: bool, reason: str = "") -> str:
-    from localstudio.client import LocalStudioClient
-
-    with LocalStudioClient(studio_url) as client:
+    op = "studio approve" if approve else "studio reject"
+    with talking_to(studio_url, op) as client:
         view = client.approve(request_id) if approve else client.reject(request_id, reason)
     return f"{view.request_id}: {view.status}" + (f" as {view.worker_id}" if view.worker_id else "")
 
 
 def list_jobs(studio_url: str) -> str:
-    from localstudio.client import LocalStudioClient
-
-    with LocalStudioClient(studio_url) as client:
+    with talking_to(studio_url, "studio jobs") as client:
         jobs = client.list_jobs()
     return (
         "\n".join(
@@ -138,7 +221,10 @@ def parse_json_option(text: str | None) -> Any:
     if text is None:
         return None
     path = Path(text)
-    raw = path.read_text() if path.is_file() else text
+    try:
+        raw = path.read_text() if path.is_file() else text
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--json-schema: cannot read {path}: {exc}") from None
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Final, Literal
 
@@ -19,6 +18,8 @@ import anyio
 import anyio.abc
 import msgspec
 
+from supervisor.errors import ControlError, SupervisorNotRunning
+from supervisor.ops.status_report import StatusReport, build_status
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.worker_state import WorkerState
 
@@ -32,47 +33,6 @@ class ControlRequest(msgspec.Struct):
     cmd: Literal["status", "pause", "resume"]
 
 
-class SlotView(msgspec.Struct):
-    slot: str
-    engine: str
-    gpu: int | None
-    state: str
-    pid: int | None
-    job_id: str | None
-    jobs_done: int
-    restarts: int
-    restart_causes: dict[str, int]
-    last_exit: str | None
-    rss_bytes: int | None
-    vram_bytes: int | None
-    model_loads: int
-    parked_for_s: float | None
-
-
-class JobView(msgspec.Struct):
-    job_id: str
-    kind: str
-    model: str
-    slot: str
-    running_s: float
-    phase: str
-    step: int
-    total: int
-
-
-class StatusReport(msgspec.Struct):
-    pid: int
-    worker_id: str | None
-    session: str
-    paused: bool
-    shutting_down: bool
-    seconds_since_heartbeat_ack: float | None
-    reconnects: int
-    job_outcomes: dict[str, int]
-    jobs: list[JobView]
-    slots: list[SlotView]
-
-
 class ControlReply(msgspec.Struct, omit_defaults=True):
     ok: bool
     message: str = ""
@@ -81,57 +41,6 @@ class ControlReply(msgspec.Struct, omit_defaults=True):
 
 def socket_path(config_path: Path) -> Path:
     return config_path.parent / SOCKET_NAME
-
-
-def build_status(pool: EnginePool, state: WorkerState) -> StatusReport:
-    now = time.monotonic()
-    slots = []
-    for s in pool.slots:
-        hb = s.last_heartbeat
-        slots.append(
-            SlotView(
-                slot=s.slot_id,
-                engine=s.engine,
-                gpu=s.spec.gpu,
-                state=s.state.value,
-                pid=s.pid,
-                job_id=s.job_id,
-                jobs_done=s.jobs_done,
-                restarts=s.restarts,
-                restart_causes={str(c): n for c, n in s.restart_causes.items()},
-                last_exit=s.last_exit,
-                rss_bytes=hb.rss_bytes if hb else None,
-                vram_bytes=hb.vram_bytes if hb else None,
-                model_loads=hb.model_loads if hb else 0,
-                parked_for_s=round(s.parked_until - now, 1) if s.parked_until else None,
-            )
-        )
-    jobs = [
-        JobView(
-            j.job_id,
-            j.kind,
-            j.model,
-            j.slot_id,
-            round(now - j.started, 1),
-            j.phase,
-            j.step,
-            j.total,
-        )
-        for j in state.jobs.values()
-    ]
-    ack = state.seconds_since_heartbeat_ack()
-    return StatusReport(
-        pid=os.getpid(),
-        worker_id=state.worker_id,
-        session=state.phase.value,
-        paused=state.paused,
-        shutting_down=state.shutting_down,
-        seconds_since_heartbeat_ack=round(ack, 1) if ack is not None else None,
-        reconnects=state.reconnects,
-        job_outcomes=dict(state.job_outcomes),
-        jobs=jobs,
-        slots=slots,
-    )
 
 
 def set_paused(state: WorkerState, paused: bool) -> str:
@@ -208,12 +117,9 @@ async def _read_line(stream: anyio.abc.SocketStream) -> bytes:
     return buf.split(b"\n", 1)[0]
 
 
-class SupervisorNotRunning(Exception):
-    pass
-
-
 def ask(path: Path, cmd: str, timeout_s: float = 5.0) -> ControlReply:
-    """Blocking client for the CLI; raises SupervisorNotRunning if nobody answers."""
+    """Blocking client for the CLI. Raises SupervisorNotRunning if nothing listens on
+    ``path``, ControlError if what listens gives no usable answer."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
@@ -223,5 +129,20 @@ def ask(path: Path, cmd: str, timeout_s: float = 5.0) -> ControlReply:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise SupervisorNotRunning(f"no supervisor is running for this config ({path})") from exc
-    return _reply_decoder.decode(b"".join(chunks).strip())
+        raise SupervisorNotRunning(path) from exc
+    except TimeoutError:
+        raise ControlError(
+            f"the supervisor did not answer on {path} within {timeout_s:g} s; it may be "
+            "stuck: see its log (journalctl -u studio-worker)"
+        ) from None
+    except PermissionError:
+        raise ControlError(
+            f"no permission to use {path}: run this as the user the supervisor runs as "
+            "(e.g. `sudo -u studio-worker supervisor --config <its config> ...`)"
+        ) from None
+    except OSError as exc:
+        raise ControlError(f"cannot talk to the supervisor on {path}: {exc}") from None
+    try:
+        return _reply_decoder.decode(b"".join(chunks).strip())
+    except msgspec.DecodeError as exc:
+        raise ControlError(f"unreadable answer from the supervisor on {path}: {exc}") from None

@@ -23,10 +23,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from supervisor.gpu.health import GpuHealth
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.pool.slot_state import SlotState
+from supervisor.pool.verdict import FINAL, LossCause
+from supervisor.session_state import SessionPhase
 from supervisor.stats import DurationHistogram
-from supervisor.studio.session_state import SessionPhase
 from supervisor.worker_state import WorkerState
 
 PREFIX: Final = "studio_worker"
@@ -38,16 +40,7 @@ JOB_OUTCOMES: Final = (
     "rejected_busy",
     "rejected_paused",
 )
-RESTART_CAUSES: Final = (
-    "exit",
-    "signal",
-    "hang",
-    "deadline",
-    "stall",
-    "ready_timeout",
-    "handshake",
-    "recycle",
-)
+RESTART_CAUSES: Final = tuple(c.value for c in LossCause if c not in FINAL)
 SLOT_LABELS: Final = ("engine", "slot", "gpu")
 
 
@@ -82,6 +75,7 @@ class WorkerCollector(Collector):
         yield from self._session()
         yield from self._jobs()
         yield from self._slots()
+        yield from self._gpus()
 
     # --- session --------------------------------------------------------------------------
 
@@ -145,6 +139,14 @@ class WorkerCollector(Collector):
         for (kind, engine), hist in sorted(state.job_seconds.items()):
             durations.add_metric([kind, engine], _histogram_buckets(hist), hist.sum)
         yield durations
+        failures = CounterMetricFamily(
+            f"{PREFIX}_job_failures",
+            "Jobs failed, by cause (vram_oom, ram_oom, signal, exit, hang, deadline, poison, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(state.job_failures.items()):
+            failures.add_metric([reason], count)
+        yield failures
 
     # --- slots ----------------------------------------------------------------------------
 
@@ -158,7 +160,8 @@ class WorkerCollector(Collector):
         restarts = CounterMetricFamily(
             f"{PREFIX}_engine_restarts",
             "Engine host restarts by cause (exit, signal, hang, deadline, stall, "
-            "ready_timeout, handshake, recycle).",
+            "ready_timeout, handshake, spawn, wrong_device, vram_oom, ram_oom, unload_stuck, "
+            "probe_failed, recycle).",
             labels=[*labels, "cause"],
         )
         jobs = CounterMetricFamily(
@@ -194,12 +197,45 @@ class WorkerCollector(Collector):
             hb = slot.last_heartbeat
             if hb is not None:
                 rss.add_metric(values, hb.rss_bytes)
-                if hb.vram_bytes is not None:
-                    vram.add_metric(values, hb.vram_bytes)
                 loads.add_metric(values, hb.model_loads)
+            host_vram = slot.vram_bytes()
+            if host_vram is not None:
+                vram.add_metric(values, host_vram)
             stats = slot.progress_stats
             load_time.add_metric(
                 values, _histogram_buckets(stats.load_seconds), stats.load_seconds.sum
             )
             downloaded.add_metric(values, stats.download_bytes)
         yield from (slot_state, restarts, jobs, rss, vram, loads, load_time, downloaded)
+
+    # --- GPUs -----------------------------------------------------------------------------
+
+    def _gpus(self) -> Iterator[Metric]:
+        gpu = self.pool.gpu
+        total = GaugeMetricFamily(
+            f"{PREFIX}_gpu_memory_total_bytes", "Memory of each GPU.", labels=["gpu"]
+        )
+        used = GaugeMetricFamily(
+            f"{PREFIX}_gpu_memory_used_bytes",
+            "Memory in use on each GPU (every process), as NVML last read it.",
+            labels=["gpu"],
+        )
+        evictions = CounterMetricFamily(
+            f"{PREFIX}_model_evictions",
+            "Models unloaded to make room for another load on the GPU.",
+            labels=["gpu"],
+        )
+        health = GaugeMetricFamily(
+            f"{PREFIX}_gpu_health",
+            "GPU health (1 for the current one): healthy, suspect, probing.",
+            labels=["gpu", "state"],
+        )
+        for index, reading in sorted(gpu.readings.items()):
+            label = str(index)
+            total.add_metric([label], reading.total_bytes)
+            used.add_metric([label], reading.used_bytes)
+            evictions.add_metric([label], gpu.evictions[index])
+            current = gpu.health[index].state if index in gpu.health else GpuHealth.HEALTHY
+            for state in GpuHealth:
+                health.add_metric([label, state.value], 1.0 if current is state else 0.0)
+        yield from (total, used, evictions, health)

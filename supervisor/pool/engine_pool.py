@@ -1,10 +1,11 @@
-"""The engine pool: the ROUTER socket and every slot, plus the questions the session asks.
+"""The engine pool: the ROUTER socket, every slot and the GPU memory governor, plus the
+questions the session asks.
 
 ``EnginePool.serve`` runs inside the supervisor's root task group until cancelled or
-drained. The session asks which engines exist and how many slots are free (for routing and
-busy rejects), reserves a slot when it accepts an offer and hands the job over with
-``execute``. Every status surface (``supervisor status``, metrics, capabilities) reads the
-slots themselves: there is no second bookkeeping.
+drained. Routing reads ``views`` and ``memory`` in one step, and the session reserves the
+slot it chose (and the GPU memory the job needs) with ``reserve`` before it accepts, then
+hands the job to ``Slot.execute``. Every status surface (``supervisor status``, metrics,
+capabilities) reads the slots and the governor themselves: there is no second bookkeeping.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from engines.cpu_threads import (
     threads_per_host,
 )
 from protocol.tasks import TASK_KINDS
+from supervisor.gpu.governor import GpuGovernor
+from supervisor.gpu.health_watch import HealthWatch
+from supervisor.gpu.picture import MemoryPicture
+from supervisor.pool.gpu_setup import GpuSetup
 from supervisor.pool.ipc_router import IpcRouter
 from supervisor.pool.policies import PoisonJobs
 from supervisor.pool.settings import PoolSettings
@@ -45,6 +50,7 @@ class SlotView:
     slot_id: str
     engine: str
     free: bool
+    gpu_suspect: bool = False  # on a GPU that takes no work until a probe passes
 
 
 def make_run_dir() -> Path:
@@ -53,14 +59,40 @@ def make_run_dir() -> Path:
 
 
 class EnginePool:
-    def __init__(self, specs: list[SlotSpec], settings: PoolSettings) -> None:
+    def __init__(
+        self, specs: list[SlotSpec], settings: PoolSettings, gpus: GpuSetup | None = None
+    ) -> None:
         settings = _with_cpu_threads(specs, settings)
+        gpus = gpus or GpuSetup()
         self.settings = settings
         self.run_dir = make_run_dir()
         self.router = IpcRouter(self.run_dir)
         self.poison = PoisonJobs(settings.poison_strikes)
         self._listeners: list[Callable[[], None]] = []
-        self.slots = [Slot(s, settings, self.router, self.poison, self._changed) for s in specs]
+        self.gpu = GpuGovernor(gpus.source, gpus.devices, gpus.settings, self._changed)
+        self.health = HealthWatch(
+            self.gpu.health,
+            lambda: self.gpu.readings,
+            self.gpu.spawn,
+            gpus.settings.probe_bytes,
+            self._changed,
+        )
+        self.gpu.on_xid = self.health.xid
+        self.slots = [
+            Slot(
+                spec,
+                settings,
+                self.router,
+                self.poison,
+                self._changed,
+                gpu=self.gpu,
+                health=self.health,
+                pin=gpus.pins.get(spec.gpu) if spec.gpu is not None else None,
+            )
+            for spec in specs
+        ]
+        for slot in self.slots:
+            self.gpu.register(slot)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -69,6 +101,7 @@ class EnginePool:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.router.serve)
+                await tg.start(self.gpu.serve)
                 async with anyio.create_task_group() as slots_tg:
                     for slot in self.slots:
                         slots_tg.start_soon(slot.run)
@@ -112,22 +145,40 @@ class EnginePool:
     # --- questions for routing ------------------------------------------------------------
 
     def views(self) -> list[SlotView]:
-        """Every slot as routing sees it, now."""
-        return [SlotView(s.slot_id, s.engine, s.is_free) for s in self.slots]
+        """Every slot as routing sees it, now (a slot on a suspect GPU is not free)."""
+        return [
+            SlotView(
+                s.slot_id,
+                s.engine,
+                self._takes_jobs(s),
+                not self.gpu.takes_work(s.device_index),
+            )
+            for s in self.slots
+        ]
+
+    def memory(self) -> MemoryPicture:
+        """The GPU memory picture for admission, read in the same step as ``views``."""
+        return self.gpu.picture()
 
     def free_slots(self, engine: str) -> int:
-        return sum(1 for s in self.slots if s.engine == engine and s.is_free)
+        return sum(1 for s in self.slots if s.engine == engine and self._takes_jobs(s))
+
+    def _takes_jobs(self, slot: Slot) -> bool:
+        return slot.is_free and self.gpu.takes_work(slot.device_index)
+
+    def _serving(self, slot: Slot) -> bool:
+        return slot.is_serving and self.gpu.takes_work(slot.device_index)
 
     def capacity(self) -> int:
         """How many jobs this worker can run at once right now (slots serving)."""
-        return sum(1 for s in self.slots if s.is_serving)
+        return sum(1 for s in self.slots if self._serving(s))
 
     def models_per_kind(self) -> dict[str, list[str]]:
         """Union of what serving slots advertise, kinds in canonical order, first seen wins."""
         merged: dict[str, list[str]] = {}
         for kind in TASK_KINDS:
             for slot in self.slots:
-                if slot.is_serving and slot.ready_info is not None:
+                if self._serving(slot) and slot.ready_info is not None:
                     for model in slot.ready_info.models_per_kind.get(kind, []):
                         bucket = merged.setdefault(kind, [])
                         if model not in bucket:
@@ -142,17 +193,23 @@ class EnginePool:
                 return slot
         raise KeyError(slot_id)
 
-    def reserve(self, slot_id: str) -> Slot:
-        """Claim the slot routing chose for a job about to be accepted. The caller reserves
-        in the same step as the decision (no ``await`` between), so the slot is still free."""
+    def reserve(
+        self, slot_id: str, job_id: str = "", load_key: str = "", need_bytes: int = 0
+    ) -> Slot:
+        """Claim the slot routing chose for a job about to be accepted, and the GPU memory
+        its load needs. The caller reserves in the same step as the decision (no ``await``
+        between), so the slot is still free and the memory still there."""
         slot = self.slot(slot_id)
         slot.core.reserve()
+        if need_bytes > 0:
+            self.gpu.reserve(job_id, slot_id, load_key, need_bytes)
         self._changed()
         return slot
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: Slot, job_id: str = "") -> None:
         """The accept never went out: the reservation is void."""
         slot.core.release()
+        self.gpu.release(job_id)
         self._changed()
 
 

@@ -52,8 +52,10 @@ class LaunchOptions:
     models_root: Path
     heartbeat_s: float
     faults: str = ""
-    extra_env: tuple[tuple[str, str], ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()  # the GPU pin, when NVML named the card
     threads: int | None = None  # the inference library's CPU threads (None: the host decides)
+    ask_before_load: bool = False  # GPU governance: LoadRequest before every load
+    max_warm_models: int = 1
 
 
 class HostProcess:
@@ -74,8 +76,8 @@ class HostProcess:
     async def spawn(cls, spec: SlotSpec, identity: str, opts: LaunchOptions) -> HostProcess:
         token = secrets.token_hex(16)
         env = dict(os.environ)
-        env.update(gpu_env(spec.gpu))
-        env.update(dict(opts.extra_env))
+        # A pin from NVML (by UUID) replaces the plain index pin.
+        env.update(dict(opts.extra_env) if opts.extra_env else gpu_env(spec.gpu))
         env[TOKEN_ENV] = token
         env["PYTHONUNBUFFERED"] = "1"
         argv = [
@@ -99,6 +101,10 @@ class HostProcess:
             argv += ["--faults", opts.faults]
         if opts.threads is not None:
             argv += ["--threads", str(opts.threads)]
+        if opts.ask_before_load:
+            argv.append("--ask-before-load")
+        if opts.max_warm_models != 1:
+            argv += ["--max-warm-models", str(opts.max_warm_models)]
         process = await anyio.open_process(argv, env=env, start_new_session=True)
         log.info("spawned engine host engine=%s slot=%s pid=%d", spec.engine, identity, process.pid)
         return cls(process, identity, token, spec)

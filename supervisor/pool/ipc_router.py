@@ -62,7 +62,11 @@ class IpcRouter:
             send.close()
 
     async def send(self, identity: str, msg: ipc.SupervisorMessage) -> None:
-        """Queue ``msg`` for the host ``identity``; never blocks.
+        """Queue ``msg`` for the host ``identity``; never blocks (see ``send_nowait``)."""
+        self.send_nowait(identity, msg)
+
+    def send_nowait(self, identity: str, msg: ipc.SupervisorMessage) -> None:
+        """Queue ``msg`` for the host ``identity``.
 
         Raises ``zmq.ZMQError``: ``EHOSTUNREACH`` when no host with that identity is
         connected, ``EAGAIN`` when it has ``SNDHWM`` (1000) messages unread, which only a

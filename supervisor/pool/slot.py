@@ -14,21 +14,27 @@ import contextlib
 import hmac
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import assert_never
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, assert_never
 
 import anyio
 import zmq
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from engines.load_keys import load_key
 from protocol import ipc
+from supervisor.gpu.facts import GpuDevice
+from supervisor.gpu.governor import GpuGovernor, RecycleCause
+from supervisor.gpu.health_watch import HealthWatch
+from supervisor.pool.failure_causes import classify_host_loss, is_device_fault, read_oom_kill_count
 from supervisor.pool.host_process import ExitInfo, HostProcess, LaunchOptions
 from supervisor.pool.ipc_router import Inbound, IpcRouter
 from supervisor.pool.job_outcome import JobFailedOutcome, JobOutcome, JobSucceeded
 from supervisor.pool.policies import PoisonJobs
 from supervisor.pool.settings import PoolSettings
-from supervisor.pool.slot_core import SlotCore, Spawn, Stop, Wait
+from supervisor.pool.slot_core import ExpectedDevice, SlotCore, Spawn, Stop, Wait
 from supervisor.pool.slot_spec import SlotSpec
 from supervisor.pool.slot_state import SlotState
 from supervisor.pool.verdict import LossCause, Verdict
@@ -37,8 +43,19 @@ from supervisor.stats import ProgressStats
 log = logging.getLogger("supervisor.slot")
 
 ProgressCallback = Callable[[ipc.Progress], None]
-# Frees memory on the slot's GPU before the one local retry of an out-of-memory job.
-ReliefFn = Callable[["Slot"], Awaitable[None]]
+STDERR_TAIL_LINES: Final = 40  # what a host said last, for the cause of its death
+# Engines that compute on the GPU they are pinned to (synthetic only on a simulated one).
+GPU_ENGINES: Final = frozenset({"llama", "sdcpp"})
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The GPU a slot's hosts run on, and the environment that pins them there."""
+
+    device: GpuDevice
+    env: tuple[tuple[str, str], ...]
+    simulated: bool
+
 
 _HOST_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 _OUTPUT_LEVELS = {
@@ -86,15 +103,30 @@ class Slot:
         router: IpcRouter,
         poison: PoisonJobs,
         on_change: Callable[[], None] = lambda: None,
+        *,
+        gpu: GpuGovernor | None = None,
+        health: HealthWatch | None = None,
+        pin: Pin | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.core = SlotCore(spec.slot_id, spec.engine, settings, poison)
-        self.relieve: ReliefFn | None = None
+        self.pin = pin
+        if pin is not None and spec.gpu is not None:
+            self.core.expected = ExpectedDevice(
+                spec.gpu,
+                pin.device.name,
+                pin.device.uuid,
+                spec.engine in GPU_ENGINES or pin.simulated,
+            )
+        self.gpu = gpu
+        self.health = health
         self._router = router
         self._on_change = on_change
         self.host: HostProcess | None = None
         self.progress_stats = ProgressStats()  # download bytes, load times (metrics)
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._killed_by_us = False
         self._callers: dict[str, _Caller] = {}
         self._drain_event = anyio.Event()
         # Made by the first waiter, set (and dropped) by the next change: most changes have
@@ -166,6 +198,41 @@ class Slot:
     def exit_info(self) -> ExitInfo | None:
         return self.host.exit if self.host is not None else None
 
+    # --- what the GPU governor needs (GovernedSlot) ---------------------------------------------
+
+    @property
+    def device_index(self) -> int | None:
+        return self.pin.device.index if self.pin is not None else None
+
+    @property
+    def is_idle(self) -> bool:
+        return self.core.is_idle
+
+    async def send(self, msg: ipc.SupervisorMessage) -> bool:
+        """Send to the current host; False when there is none to hear it."""
+        host = self.host
+        if host is None or host.exit is not None:
+            return False
+        try:
+            await self._router.send(host.identity, msg)
+        except zmq.ZMQError as exc:
+            log.warning("could not reach host %s: %s", self.slot_id, exc)
+            return False
+        return True
+
+    def recycle(self, cause: RecycleCause, detail: str) -> None:
+        self.core.request_recycle(LossCause(cause.value), detail)
+        self._changed()
+
+    def vram_bytes(self) -> int | None:
+        """The host's GPU memory, from NVML where its PID is visible."""
+        return self.gpu.process_bytes(self) if self.gpu is not None else None
+
+    def _leak_bytes(self) -> int | None:
+        """GPU memory beyond the models the host keeps: the recycle rule's VRAM figure
+        (loading another model is not a leak)."""
+        return self.gpu.unexplained_bytes(self) if self.gpu is not None else None
+
     # --- jobs -------------------------------------------------------------------------------
 
     async def execute(self, run: ipc.RunJob, on_progress: ProgressCallback | None) -> JobOutcome:
@@ -178,8 +245,8 @@ class Slot:
         if not self.core.retry_pending(run.job_id):
             return outcome
         try:
-            if self.relieve is not None:
-                await self.relieve(self)
+            if self.gpu is not None:
+                await self.gpu.relieve(self)
             if await self.wait_ready(self.settings.ready_timeout_s):
                 log.warning(
                     "job %s ran out of GPU memory on slot %s; retrying it once here",
@@ -199,6 +266,9 @@ class Slot:
         if refused is not None:
             return refused
         caller = self._callers[run.job_id] = _Caller(on_progress)
+        if self.gpu is not None:
+            key = load_key(self.engine, run.model, run.model_source, run.task)
+            self.gpu.job_started(self, run.job_id, key)
         assert self.host is not None
         try:
             await self._router.send(self.host.identity, run)
@@ -299,13 +369,16 @@ class Slot:
             self._changed()
             return
         self.host = host
+        self._stderr_tail.clear()
+        self._killed_by_us = False
+        oom_kills = read_oom_kill_count()
         self.core.spawned(time.monotonic())
         self._changed()
         verdict = Verdict(LossCause.EXIT, "host ended")
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(host.watch, self._on_output_line)
-                verdict = await self._supervise(host, inbox)
+                verdict = await self._supervise(host, inbox, oom_kills)
                 self._leave(verdict)
                 if verdict.polite:
                     await host.stop(
@@ -316,6 +389,7 @@ class Slot:
                         self.settings.term_grace_s,
                     )
                 else:
+                    self._killed_by_us = True
                     host.kill()
         finally:
             with anyio.CancelScope(shield=True):
@@ -323,15 +397,19 @@ class Slot:
                 self._router.close_inbox(identity)
                 inbox.close()
         assert host.exit is not None
-        self._settle(verdict, host.exit.describe())
+        self._settle(verdict, host.exit, oom_kills)
 
     def _launch_options(self) -> LaunchOptions:
+        governed = self.gpu is not None and self.gpu.settings.governed and self.pin is not None
         return LaunchOptions(
             endpoint=self._router.endpoint,
             models_root=self.settings.models_root,
             heartbeat_s=self.settings.heartbeat_s,
             faults=self.settings.faults if self.engine == "synthetic" else "",
+            extra_env=self.pin.env if self.pin is not None else (),
             threads=None if self.engine == "synthetic" else self.settings.cpu_threads,
+            ask_before_load=governed,
+            max_warm_models=self.gpu.settings.max_warm_models if self.gpu is not None else 1,
         )
 
     def _leave(self, verdict: Verdict) -> None:
@@ -347,13 +425,28 @@ class Slot:
             )
         self._changed()
 
-    def _settle(self, verdict: Verdict, exit_text: str) -> None:
-        settled = self.core.settle(verdict, exit_text, time.monotonic())
+    def _settle(self, verdict: Verdict, exit: ExitInfo, oom_kills: int | None) -> None:
+        if self.gpu is not None:
+            self.gpu.host_gone(self)
+        if self.health is not None:
+            self.health.host_lost(self)
+            fault = is_device_fault(exit.returncode, list(self._stderr_tail))
+            if fault is not None and verdict.cause not in (LossCause.DRAIN, LossCause.RECYCLE):
+                self.health.fault(self.device_index, f"{fault} on slot {self.slot_id}")
+        settled = self.core.settle(verdict, exit.describe(), time.monotonic())
         if settled.lost is not None:
             caller = self._callers.get(settled.lost.job_id)
             if caller is not None:
                 caller.resolve(settled.lost.outcome)
-        if settled.parked:
+        if settled.parked and verdict.cause is LossCause.WRONG_DEVICE:
+            log.error(
+                "slot %s parked: its engine host %s; its models leave the capabilities and "
+                "it tries again in %.0f s",
+                self.slot_id,
+                verdict.detail,
+                self.settings.crash_loop_cooldown_s,
+            )
+        elif settled.parked:
             log.error(
                 "slot %s parked: %d host losses within %.0f s; its models leave the "
                 "capabilities for %.0f s (last: %s)",
@@ -366,7 +459,10 @@ class Slot:
         self._changed()
 
     async def _supervise(
-        self, host: HostProcess, inbox: MemoryObjectReceiveStream[Inbound]
+        self,
+        host: HostProcess,
+        inbox: MemoryObjectReceiveStream[Inbound],
+        oom_kills_before: int | None,
     ) -> Verdict:
         verdicts: list[Verdict] = []
 
@@ -380,7 +476,7 @@ class Slot:
             async def on_exit() -> None:
                 await host.exited.wait()
                 assert host.exit is not None
-                decide(self.core.host_exited(host.exit.describe(), host.exit.signal_name))
+                decide(self._death_verdict(host.exit, oom_kills_before))
 
             async def on_messages() -> None:
                 while (item := await _next_inbound(inbox)) is not None:
@@ -402,6 +498,23 @@ class Slot:
             tg.start_soon(on_watchdog)
         return verdicts[0] if verdicts else Verdict(LossCause.EXIT, "inbox closed")
 
+    def _death_verdict(self, exit: ExitInfo, oom_kills_before: int | None) -> Verdict:
+        """Why the host died: the engine's own words first, the signal second."""
+        now = read_oom_kill_count()
+        grew = oom_kills_before is not None and now is not None and now > oom_kills_before
+        cause = classify_host_loss(
+            returncode=exit.returncode,
+            we_killed=self._killed_by_us,
+            stderr_tail=list(self._stderr_tail),
+            oom_kills_grew=grew,
+        )
+        detail = f"died ({exit.describe()})"
+        if cause is LossCause.VRAM_OOM:
+            detail = f"ran out of GPU memory and died ({exit.describe()})"
+        elif cause is LossCause.RAM_OOM:
+            detail = f"was killed by the kernel's out-of-memory killer ({exit.describe()})"
+        return Verdict(cause, detail)
+
     # --- inbox --------------------------------------------------------------------------------
 
     def _handle(self, host: HostProcess, item: Inbound) -> Verdict | None:
@@ -411,10 +524,12 @@ class Slot:
             case ipc.Ready():
                 return self._on_ready(host, msg, now)
             case ipc.HostHeartbeat():
-                return self.core.heartbeat_received(msg, now)
+                return self.core.heartbeat_received(msg, now, self._leak_bytes())
             case ipc.Progress():
                 if self.core.progress_received(msg.job_id, now):
                     self.progress_stats.observe(msg, now)
+                    if self.gpu is not None:
+                        self.gpu.progress_reported(self, msg)
                     self._pass_progress(msg)
             case ipc.JobDone():
                 self._finish_job(
@@ -433,8 +548,17 @@ class Slot:
                     msg.job_id or "-",
                     extra={"job_id": msg.job_id} if msg.job_id else None,
                 )
-            case ipc.LoadRequest() | ipc.Resident() | ipc.ProbeResult():
-                pass  # GPU memory protocol: wired by the next change
+            case ipc.LoadRequest():
+                if self.gpu is not None:
+                    self.gpu.load_requested(self, msg)
+                else:
+                    self._grant_at_once(msg.job_id)
+            case ipc.Resident():
+                if self.gpu is not None:
+                    self.gpu.resident_reported(self, msg.models)
+            case ipc.ProbeResult():
+                if self.health is not None:
+                    self.health.probe_reported(self, msg)
             case _:
                 assert_never(msg)
         return self.core.planned_verdict()
@@ -445,6 +569,8 @@ class Slot:
             msg, authentic=hmac.compare_digest(msg.token, host.token), now=now
         )
         if verdict is None and first:
+            if self.health is not None:
+                self.health.host_ready(self)
             log.info(
                 "engine host ready engine=%s slot=%s pid=%d elapsed_ms=%d libraries=%s",
                 self.engine,
@@ -467,10 +593,15 @@ class Slot:
             log.exception("progress callback failed for job %s", msg.job_id)
 
     def _finish_job(self, job_id: str, outcome: JobOutcome) -> None:
-        oom = isinstance(outcome, JobFailedOutcome) and outcome.reason == LossCause.VRAM_OOM
-        if not self.core.job_ended(job_id, out_of_memory=oom):
+        failure = outcome if isinstance(outcome, JobFailedOutcome) else None
+        oom = failure is not None and failure.reason == ipc.REASON_VRAM_OOM
+        if not self.core.job_ended(job_id, out_of_memory=oom, vram_bytes=self._leak_bytes()):
             log.warning("slot %s: result for job %s that it is not running", self.slot_id, job_id)
             return
+        if self.gpu is not None:
+            self.gpu.job_ended(self, job_id)
+        if failure is not None and failure.reason == ipc.REASON_DEVICE_ERROR and self.health:
+            self.health.fault(self.device_index, f"device error on slot {self.slot_id}")
         caller = self._callers.get(job_id)
         if caller is not None:
             caller.resolve(outcome)
@@ -480,9 +611,18 @@ class Slot:
 
     # --- output -------------------------------------------------------------------------------
 
+    def _grant_at_once(self, job_id: str) -> None:
+        """No governor (a pool without GPU governance): every load may go ahead."""
+        host = self.host
+        if host is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._router.send_nowait(host.identity, ipc.LoadGrant(job_id, True))
+
     def _on_output_line(self, stream: str, line: str) -> None:
         if not line:
             return
+        if stream == "stderr":
+            self._stderr_tail.append(line)
         level = _OUTPUT_LEVELS.get(line.split(" ", 1)[0], logging.INFO)
         logging.getLogger(f"engines.{self.engine}").log(
             level, "%s slot=%s pid=%s", line, self.slot_id, self.pid or "-"

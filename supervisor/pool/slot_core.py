@@ -84,6 +84,31 @@ class Settled:
     parked: bool
 
 
+@dataclass(frozen=True)
+class ExpectedDevice:
+    """The GPU a slot is pinned to, and whether its engine must compute there."""
+
+    index: int  # engine@N
+    name: str
+    uuid: str
+    must_compute_there: bool  # llama/sdcpp, or any engine on a simulated GPU
+
+    def mismatch(self, compute: ipc.ComputeDevice) -> str | None:
+        """Why a host's ``Ready`` shows it is not computing on this GPU, or None."""
+        if not self.must_compute_there:
+            return None
+        where = f"GPU {self.index} ({self.name}, {self.uuid})"
+        if compute.backend == "cpu":
+            return (
+                f"came up on the CPU, not on {where}: its inference library was built "
+                "without GPU support (see the operator guide, GPU builds)"
+            )
+        if compute.uuid and compute.uuid != self.uuid:
+            seen = f"{compute.name or 'another GPU'} ({compute.uuid})"
+            return f"came up on {seen}, not on {where}"
+        return None
+
+
 class SlotCore:
     def __init__(self, slot_id: str, engine: str, settings: PoolSettings, poison: PoisonJobs):
         self.slot_id = slot_id
@@ -100,6 +125,8 @@ class SlotCore:
         self.held_for: str | None = None  # a job waiting to retry here after an OOM
         self.drain = Drain.NO
         self.recycle_reason: str | None = None
+        self.recycle_cause = LossCause.RECYCLE
+        self.expected: ExpectedDevice | None = None  # the GPU this slot is pinned to
         self.jobs_done = 0
         self.restarts = 0
         self.restart_causes: Counter[LossCause] = Counter()
@@ -132,6 +159,16 @@ class SlotCore:
         )
 
     @property
+    def is_idle(self) -> bool:
+        """Between jobs: what the host keeps loaded may be unloaded."""
+        return (
+            self.state is SlotState.READY
+            and not self.reserved
+            and self.job is None
+            and self.held_for is None
+        )
+
+    @property
     def is_serving(self) -> bool:
         """Alive and advertising its models (ready or busy)."""
         return self.state in (SlotState.READY, SlotState.BUSY) and self.ready is not None
@@ -159,6 +196,7 @@ class SlotCore:
         self.ready = None
         self.last_heartbeat = None
         self.recycle_reason = None
+        self.recycle_cause = LossCause.RECYCLE
         self._baseline = None
         self._baseline_loads = -1
         self._spawned_at = now
@@ -172,12 +210,18 @@ class SlotCore:
             )
         if self.ready is not None:
             return None
+        wrong = self.expected.mismatch(msg.compute) if self.expected is not None else None
+        if wrong is not None:
+            return Verdict(LossCause.WRONG_DEVICE, wrong)
         self.ready = msg
         self._last_beat_at = now
         self._apply(SlotEvent.READY)
         return self.planned_verdict()
 
-    def heartbeat_received(self, hb: ipc.HostHeartbeat, now: float) -> Verdict | None:
+    def heartbeat_received(
+        self, hb: ipc.HostHeartbeat, now: float, vram_bytes: int | None = None
+    ) -> Verdict | None:
+        """``vram_bytes``: the host's GPU memory now, as NVML reports it (None: unknown)."""
         self.last_heartbeat = hb
         self._last_beat_at = now
         if hb.progress_seq != self._progress_seq:
@@ -187,7 +231,7 @@ class SlotCore:
         if hb.state == "idle" and hb.model_loads != self._baseline_loads:
             # Levels right after a (re)load are the reference a leak is measured against.
             self._baseline_loads = hb.model_loads
-            self._baseline = (hb.rss_bytes, hb.vram_bytes)
+            self._baseline = (hb.rss_bytes, vram_bytes)
         return self.planned_verdict()
 
     def progress_received(self, job_id: str, now: float) -> bool:
@@ -224,8 +268,14 @@ class SlotCore:
         if self.drain is Drain.POLITE:
             return None if self.job is not None else Verdict(LossCause.DRAIN, "shutting down")
         if self.recycle_reason and self.job is None and not self.reserved and not self.held_for:
-            return Verdict(LossCause.RECYCLE, self.recycle_reason)
+            return Verdict(self.recycle_cause, self.recycle_reason)
         return None
+
+    def request_recycle(self, cause: LossCause, detail: str) -> None:
+        """Replace the host once it is between jobs (the GPU governor asks for this)."""
+        if self.recycle_reason is None:
+            self.recycle_reason = detail
+            self.recycle_cause = cause
 
     def host_exited(self, describe: str, signal_name: str | None) -> Verdict:
         cause = LossCause.SIGNAL if signal_name else LossCause.EXIT
@@ -272,9 +322,12 @@ class SlotCore:
         self._apply(SlotEvent.JOB_STARTED)
         return None
 
-    def job_ended(self, job_id: str, *, out_of_memory: bool = False) -> bool:
+    def job_ended(
+        self, job_id: str, *, out_of_memory: bool = False, vram_bytes: int | None = None
+    ) -> bool:
         """The host reported the job's result; False when it is not the running job. A
-        first out-of-memory failure holds the slot for the job's one local retry."""
+        first out-of-memory failure holds the slot for the job's one local retry.
+        ``vram_bytes`` is the host's GPU memory now (NVML, where its PID is visible)."""
         job = self.job
         if job is None or job.job_id != job_id:
             return False
@@ -286,13 +339,13 @@ class SlotCore:
         hb = self.last_heartbeat  # the host beats right before each result
         if hb is not None:
             base = self._baseline
-            self.recycle_reason = recycle_reason(
+            self.recycle_reason = self.recycle_reason or recycle_reason(
                 self.settings.recycle,
                 hb.jobs_done + 1 if hb.job_id == job_id else hb.jobs_done,
                 base[0] if base else None,
                 hb.rss_bytes,
                 base[1] if base else None,
-                hb.vram_bytes,
+                vram_bytes,
             )
         return True
 
@@ -319,7 +372,7 @@ class SlotCore:
         """Move the state as soon as the verdict is in, before the host is stopped, so no
         job is handed to a host on its way out (a polite stop can take seconds)."""
         match verdict.cause:
-            case LossCause.RECYCLE | LossCause.UNLOAD_STUCK:
+            case LossCause.RECYCLE | LossCause.UNLOAD_STUCK | LossCause.PROBE_FAILED:
                 self._apply(SlotEvent.RECYCLE)
             case LossCause.DRAIN | LossCause.FORCED:
                 if self.state is not SlotState.DRAINING:

@@ -25,6 +25,7 @@ class LossCause(enum.StrEnum):
     VRAM_OOM = "vram_oom"  # the GPU ran out of memory (the engine's own words)
     RAM_OOM = "ram_oom"  # the kernel's OOM killer took the host
     UNLOAD_STUCK = "unload_stuck"  # told to unload, freed nothing in time
+    PROBE_FAILED = "probe_failed"  # the GPU probe on a suspect device failed on this host
     RECYCLE = "recycle"  # planned restart between jobs (leak guard, job count)
     DRAIN = "drain"  # the supervisor is stopping; the host had no job (or finished it)
     FORCED = "forced"  # the supervisor is stopping now; a running job is cut short
@@ -42,7 +43,9 @@ NOT_CRASHES: Final = frozenset(
     }
 )
 # Stopped politely (Shutdown message, grace, SIGTERM, SIGKILL) instead of killed at once.
-POLITE: Final = frozenset({LossCause.RECYCLE, LossCause.DRAIN, LossCause.UNLOAD_STUCK})
+POLITE: Final = frozenset(
+    {LossCause.RECYCLE, LossCause.DRAIN, LossCause.UNLOAD_STUCK, LossCause.PROBE_FAILED}
+)
 # A job running when the host went this way may be to blame: a strike toward poison.
 JOB_STRIKES: Final = frozenset(
     {LossCause.EXIT, LossCause.SIGNAL, LossCause.HANG, LossCause.DEADLINE, LossCause.STALL}

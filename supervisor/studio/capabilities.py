@@ -17,7 +17,12 @@ def build_capabilities(
     *,
     paused: bool,
     max_concurrent_jobs: int,
+    vram_gb: tuple[float, float] | None = None,
 ) -> Capabilities:
+    """``vram_gb`` is (total, threshold) as the pool's GPU governor sees them now (the
+    threshold falls while a job could not fit); None: this machine's total and the config's
+    threshold."""
+    total_gb, threshold_gb = vram_gb or (total_vram_gb(), cfg.vram_threshold_gb)
     kinds: list[TaskKindName] = [k for k in TASK_KINDS if models_per_kind.get(k)]
     per_kind: dict[str, list[str]] = {k: list(models_per_kind[k]) for k in kinds}
     every = sorted({m for models in per_kind.values() for m in models})
@@ -26,8 +31,8 @@ def build_capabilities(
         username=user_name(),
         agent_version=__version__,
         engine=ENGINE_NAME,
-        vram_total_gb=total_vram_gb(),
-        vram_threshold_gb=cfg.vram_threshold_gb,
+        vram_total_gb=total_gb,
+        vram_threshold_gb=threshold_gb,
         auto_enabled=not paused,
         auto_start=cfg.auto_start,
         auto_update=cfg.auto_update_enabled,

@@ -40,6 +40,7 @@ from supervisor.worker_state import ActiveJob, WorkerState
 log = logging.getLogger("supervisor.session.jobs")
 
 PROGRESS_LOG_INTERVAL_S: Final = 2.0
+GIB: Final = 2**30  # the studio's GB are GiB
 
 
 class JobRunner:
@@ -82,14 +83,16 @@ class JobRunner:
             worker=WorkerFlags(self.state.paused, self.state.shutting_down),
             slots=self.pool.views(),
             is_poison=self.pool.poison.is_poison,
+            memory=self.pool.memory(),
         )
         match decision:
             case RejectOffer():
                 self.state.job_outcomes[f"rejected_{decision.code or 'unfit'}"] += 1
                 log.info(
-                    "rejecting offer %s code=%s: %s",
+                    "rejecting offer %s code=%s cause=%s: %s",
                     job_id,
-                    decision.code,
+                    decision.code or "-",
+                    decision.cause,
                     decision.reason,
                     extra={"job_id": job_id},
                 )
@@ -101,9 +104,11 @@ class JobRunner:
             case RefuseOffer():
                 log.warning("refusing job %s: %s", job_id, decision.error, extra={"job_id": job_id})
                 if await self._send_or_log(Accept(job_id=job_id), "accept", job_id):
-                    await self._fail(job_id, decision.error, retryable=False)
+                    await self._fail(job_id, decision.error, retryable=False, cause=decision.cause)
             case RunOn():
-                slot = self.pool.reserve(decision.slot_id)
+                slot = self.pool.reserve(
+                    decision.slot_id, job_id, decision.load_key, decision.need_bytes
+                )
                 self._begin()
                 assert self.task_group is not None
                 self.task_group.start_soon(self._accept_and_run, claim, slot)
@@ -139,7 +144,10 @@ class JobRunner:
                     "job %s failed inside the supervisor", job_id, extra={"job_id": job_id}
                 )
                 await self._fail(
-                    job_id, f"supervisor error: {type(exc).__name__}: {exc}", retryable=True
+                    job_id,
+                    f"supervisor error: {type(exc).__name__}: {exc}",
+                    retryable=True,
+                    cause="supervisor_error",
                 )
             finally:
                 self.state.finish_job(job_id)
@@ -147,12 +155,19 @@ class JobRunner:
             # Cancelled (session ended) or refused before the hand-over: free the slot,
             # or every later offer for this engine would be rejected busy.
             if not handed_over:
-                self.pool.release(slot)
+                self.pool.release(slot, job_id)
             self._end()
 
     async def _run(self, claim: JobOfferClaim, slot: Slot, active: ActiveJob) -> None:
         job_id = claim.job_id
-        run = ipc.RunJob(job_id, claim.model, claim.task, claim.model_source, self.deadline_s)
+        run = ipc.RunJob(
+            job_id,
+            claim.model,
+            claim.task,
+            claim.model_source,
+            self.deadline_s,
+            vram_estimate_bytes=int(claim.vram_gb_estimate * GIB),
+        )
         log.info(
             "dispatching job %s kind=%s model=%s engine=%s slot=%s",
             job_id,
@@ -178,7 +193,9 @@ class JobRunner:
                     outcome.error,
                     extra={"job_id": job_id},
                 )
-                await self._fail(job_id, outcome.error, retryable=retryable)
+                await self._fail(
+                    job_id, _with_cause(outcome), retryable=retryable, cause=outcome.reason
+                )
             case JobSucceeded():
                 await self._deliver(claim, outcome, elapsed_ms)
             case _:
@@ -190,7 +207,12 @@ class JobRunner:
         if outcome.payload is not None:
             cfg = self.config.current()
             if not (cfg.worker_id and cfg.auth_token):
-                await self._fail(job_id, "worker credentials were removed mid-job", retryable=True)
+                await self._fail(
+                    job_id,
+                    "worker credentials were removed mid-job",
+                    retryable=True,
+                    cause="credentials",
+                )
                 return
             ext = outcome.ext or "bin"
             try:
@@ -204,7 +226,7 @@ class JobRunner:
                     outcome.payload.bytes,
                 )
             except StudioError as exc:
-                await self._fail(job_id, str(exc), retryable=True)
+                await self._fail(job_id, str(exc), retryable=True, cause="upload")
                 return
             self.state.job_outcomes["done"] += 1
             log.info(
@@ -228,8 +250,9 @@ class JobRunner:
         else:
             self.state.job_outcomes["failed_retryable"] += 1
 
-    async def _fail(self, job_id: str, error: str, *, retryable: bool) -> None:
+    async def _fail(self, job_id: str, error: str, *, retryable: bool, cause: str) -> None:
         self.state.job_outcomes["failed_retryable" if retryable else "failed_final"] += 1
+        self.state.job_failures[cause] += 1
         try:
             await self.sock.send(Fail(job_id=job_id, error=error, retryable=retryable))
         except SessionTransportError as exc:
@@ -254,6 +277,19 @@ class JobRunner:
 
     def _progress_logger(self, active: ActiveJob) -> ProgressLogger:
         return ProgressLogger(active)
+
+
+# Causes that the engine's own error text does not already name.
+_NAMED_CAUSES: Final = frozenset(
+    {"vram_oom", "ram_oom", "vram_unavailable", "device_error", "wrong_device"}
+)
+
+
+def _with_cause(outcome: JobFailedOutcome) -> str:
+    """The fail text, naming the typed cause where the words alone may not (``vram_oom``)."""
+    if outcome.reason in _NAMED_CAUSES:
+        return f"{outcome.error} (cause: {outcome.reason})"
+    return outcome.error
 
 
 _BAR_UNITS: Final = {"downloading": "bytes", "loading": "parts", "generating": "steps"}

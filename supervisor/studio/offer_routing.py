@@ -1,12 +1,15 @@
-"""What to do with an offer: one pure decision, from the claim, the slots and the worker's
-state to reject / refuse / run on one named slot.
+"""What to do with an offer: one pure decision, from the claim, the slots, the GPU memory
+picture and the worker's state to reject / refuse / run on one named slot.
 
 The order is protocol.md §2.8's with this worker's pool: shutting down or paused ->
 refusal of what this worker can never run (missing engine, a kind the engine does not
-serve, a poison job) -> the slot that serves it now, or busy. Routing is strictly by
+serve, a poison job) -> busy when no slot of the engine is free -> GPU admission
+(``supervisor.gpu.admission``: the slot where the model is loaded, else where it fits,
+else where the least must be unloaded; ``busy`` when it cannot fit now, a reject without a
+code when no GPU here could ever hold it) -> run. Routing is strictly by
 ``modelSource.engine``; there is no fallback to another engine, synthetic least of all.
-The caller reserves the chosen slot in the same step (no ``await`` between the decision and
-``EnginePool.reserve``), so nothing else can take it meanwhile.
+The caller reserves the chosen slot and memory in the same step (no ``await`` between the
+decision and ``EnginePool.reserve``), so nothing else can take them meanwhile.
 """
 
 from __future__ import annotations
@@ -14,11 +17,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 from engines.catalog import ENGINES, engine_for_source, install_hint
+from engines.load_keys import load_key
 from protocol.studio import JobOfferClaim, RejectCode
 from protocol.tasks import task_kind
+from supervisor.gpu.admission import Admitted, Unfit, admit
+from supervisor.gpu.picture import UNGOVERNED, MemoryPicture
 from supervisor.pool.engine_pool import SlotView
+
+GIB = 2**30
 
 REASON_PAUSED = "worker paused by operator"
 REASON_SHUTTING_DOWN = "worker shutting down"
@@ -29,7 +38,10 @@ class RejectCause(enum.StrEnum):
 
     SHUTTING_DOWN = "shutting_down"
     PAUSED = "paused"
-    BUSY = "busy"
+    BUSY = "busy"  # no free slot of the engine
+    GPU_SUSPECT = "gpu_suspect"  # the free slots' GPUs wait for a health probe
+    NO_ROOM = "no_room"  # the job's GPU memory does not fit now (busy slots, other processes)
+    TOO_LARGE = "too_large"  # no GPU here could ever hold it: the studio offers it elsewhere
 
 
 class RefuseCause(enum.StrEnum):
@@ -59,10 +71,13 @@ class RefuseOffer:
 
 @dataclass(frozen=True)
 class RunOn:
-    """Accept and run the job on this slot."""
+    """Accept and run the job on this slot; ``need_bytes`` of GPU memory are reserved for
+    its load (0 when the model is loaded there already, or the slot has no GPU)."""
 
     slot_id: str
     engine: str
+    load_key: str = ""
+    need_bytes: int = 0
 
 
 OfferDecision = RejectOffer | RefuseOffer | RunOn
@@ -89,6 +104,7 @@ def route_offer(
     worker: WorkerFlags,
     slots: Sequence[SlotView],
     is_poison: Callable[[str], bool],
+    memory: MemoryPicture = UNGOVERNED,
 ) -> OfferDecision:
     if worker.shutting_down:
         return RejectOffer(REASON_SHUTTING_DOWN, "paused", RejectCause.SHUTTING_DOWN)
@@ -109,12 +125,32 @@ def route_offer(
             "not running it again",
             RefuseCause.POISON,
         )
-    for slot in mine:
-        if slot.free:
-            return RunOn(slot.slot_id, engine)
-    return RejectOffer(
-        f"worker already has an in-flight job on every {engine} slot", "busy", RejectCause.BUSY
-    )
+    free = [s for s in mine if s.free]
+    if not free and any(s.gpu_suspect for s in mine):
+        return RejectOffer(
+            f"no {engine} slot is free, and some are on a suspect GPU that takes no offers "
+            "until a health probe passes",
+            "busy",
+            RejectCause.GPU_SUSPECT,
+        )
+    if not free:
+        return RejectOffer(
+            f"worker already has an in-flight job on every {engine} slot", "busy", RejectCause.BUSY
+        )
+    if not memory.governed:
+        return RunOn(free[0].slot_id, engine)
+    key = load_key(engine, claim.model, claim.model_source, claim.task)
+    need = memory.need(key, int(claim.vram_gb_estimate * GIB))
+    admission = admit(engine, key, need, memory.slots, memory.devices, memory.max_warm_models)
+    match admission:
+        case Admitted():
+            return RunOn(admission.slot_id, engine, key, admission.need_bytes)
+        case Unfit(transient=True):
+            return RejectOffer(admission.reason, "busy", RejectCause.NO_ROOM)
+        case Unfit():
+            return RejectOffer(admission.reason, None, RejectCause.TOO_LARGE)
+        case _:
+            assert_never(admission)
 
 
 def fail_is_retryable(error: str, retryable: bool) -> bool:

@@ -1,7 +1,8 @@
 """Auto-registration with operator approval: the protocol.md §6.2 state machine.
 
-``Registrar.tick`` does at most one HTTP round trip and returns the new state; every
-outcome that changes what must survive a restart is saved through ``save_config``.
+``Registrar.tick`` does at most one HTTP round trip, applies one event to the phase table
+(``registration_state``) and reports the new state with its data; every outcome that
+changes what must survive a restart is saved through ``save_config``.
 ``ensure_registered`` drives ticks until the operator approves (returns the config with
 credentials), rejects (RegistrationRejectedError) or a stop is requested
 (RegistrationAbortedError). The registration secret and the issued token are never logged.
@@ -37,6 +38,11 @@ from supervisor.errors import (
     StudioError,
 )
 from supervisor.studio.http import StudioHttp
+from supervisor.studio.registration_state import (
+    RegistrationEvent,
+    RegistrationPhase,
+    registration_machine,
+)
 from supervisor.studio.urls import normalize_base_url
 
 log = logging.getLogger("supervisor.registration")
@@ -75,6 +81,7 @@ class Rejected:
 
 
 RegistrationState = Pristine | Pending | Approved | Rejected
+"""What ``tick`` reports: the phase the table moved to, with the data that phase carries."""
 
 
 def new_install_id() -> str:
@@ -118,6 +125,13 @@ class Registrar:
         self._capabilities_fn = capabilities_fn
         self._clock = clock
         self._pending: Pending | None = None
+        if cfg.has_credentials:
+            initial = RegistrationPhase.APPROVED
+        elif cfg.registration_request_id and cfg.registration_secret:
+            initial = RegistrationPhase.PENDING
+        else:
+            initial = RegistrationPhase.PRISTINE
+        self.phase = registration_machine(initial)
 
     async def tick(self) -> RegistrationState:
         """Advance by at most one HTTP round trip; raises ConfigError only if new install
@@ -125,7 +139,8 @@ class Registrar:
         if self.config.has_credentials:
             assert self.config.worker_id is not None
             return Approved(self.config.worker_id)
-        self._ensure_install_state()
+        if self._ensure_install_state():
+            self.phase = registration_machine(RegistrationPhase.PRISTINE)
         request_id = self.config.registration_request_id
         secret = self.config.registration_secret
         assert secret is not None
@@ -133,7 +148,9 @@ class Registrar:
             return await self._create_request(secret)
         return await self._poll(request_id, secret)
 
-    def _ensure_install_state(self) -> None:
+    def _ensure_install_state(self) -> bool:
+        """Create the install id and secret if missing; True when a request id was dropped
+        because its secret was gone (the registration starts over)."""
         cfg = self.config
         changes: dict[str, str | None] = {}
         if not cfg.install_id:
@@ -145,6 +162,7 @@ class Registrar:
         if changes:
             self.config = cfg.replace(**changes)
             save_config(self.cfg_path, self.config)
+        return "registration_secret" in changes and cfg.registration_request_id is not None
 
     async def _create_request(self, secret: str) -> RegistrationState:
         assert self.config.install_id is not None
@@ -158,7 +176,9 @@ class Registrar:
             accepted = await self._http.register_request(self.config.api_base_url, body)
         except StudioError as exc:
             log.warning('registration request failed op="register-request" error="%s"', exc)
+            self.phase.apply(RegistrationEvent.REQUEST_FAILED)
             return Pristine()
+        self.phase.apply(RegistrationEvent.REQUEST_ACCEPTED)
         self.config = self.config.replace(registration_request_id=accepted.request_id)
         self._try_save(logging.WARNING, "register-request", "failed to save the request id")
         return self._pending_for(accepted.request_id)
@@ -172,6 +192,7 @@ class Registrar:
             log.warning(
                 'registration poll failed op="poll" request_id=%s error="%s"', request_id, exc
             )
+            self.phase.apply(RegistrationEvent.STILL_PENDING)
             return self._pending_for(request_id)
         return self._apply(request_id, status)
 
@@ -180,6 +201,7 @@ class Registrar:
         cleared = {"registration_request_id": None, "registration_secret": None}
         match status:
             case None:
+                self.phase.apply(RegistrationEvent.FORGOTTEN)
                 log.info(
                     "registration request %s is stale (404); submitting a fresh one", request_id
                 )
@@ -188,8 +210,10 @@ class Registrar:
                 self._try_save(logging.WARNING, "poll", "failed to save config after a 404")
                 return Pristine()
             case RegistrationPending():
+                self.phase.apply(RegistrationEvent.STILL_PENDING)
                 return self._pending_for(request_id)
             case RegistrationApproved(worker_id=worker_id, auth_token=auth_token):
+                self.phase.apply(RegistrationEvent.APPROVED)
                 self.config = self.config.replace(
                     worker_id=worker_id, auth_token=auth_token, **cleared
                 )
@@ -198,6 +222,7 @@ class Registrar:
                 self._try_save(logging.ERROR, "poll", "failed to persist approved credentials")
                 return Approved(worker_id)
             case RegistrationRejected(reason=reason):
+                self.phase.apply(RegistrationEvent.REJECTED)
                 self.config = self.config.replace(**cleared)
                 self._pending = None
                 log.warning('registration rejected by the studio operator reason="%s"', reason)

@@ -36,11 +36,11 @@ from protocol.studio import (
 from supervisor.errors import AuthFailed, SessionError, SessionFatal, SessionTransportError
 from supervisor.live_config import LiveConfig
 from supervisor.pool.engine_pool import EnginePool
+from supervisor.session_state import SessionEvent
 from supervisor.studio.capabilities import build_capabilities, summary_line
 from supervisor.studio.http import StudioHttp
 from supervisor.studio.job_runner import JobRunner
 from supervisor.studio.log_queue import LogShipQueue
-from supervisor.studio.session_state import SessionEvent
 from supervisor.studio.urls import build_connect_url
 from supervisor.studio.ws_client import CONNECT_TIMEOUT_S, READ_IDLE_TIMEOUT_S, StudioSocket
 from supervisor.worker_state import WorkerState
@@ -101,11 +101,13 @@ class StudioSession:
 
     def capabilities(self) -> studio.Capabilities:
         d = self.deps
+        cfg = d.config.current()
         return build_capabilities(
-            d.config.current(),
+            cfg,
             d.pool.models_per_kind(),
             paused=d.state.paused or d.state.shutting_down,
             max_concurrent_jobs=d.pool.capacity(),
+            vram_gb=d.pool.gpu.advertised_gb(cfg.vram_threshold_gb),
         )
 
     async def run(self) -> None:

@@ -21,8 +21,8 @@ from supervisor.errors import (
     SessionFatal,
 )
 from supervisor.pool.policies import backoff_s, reconnect_exhausted
+from supervisor.session_state import SessionEvent, SessionPhase
 from supervisor.studio.session import SessionDeps, StudioSession
-from supervisor.studio.session_state import SessionEvent, SessionPhase
 
 log = logging.getLogger("supervisor.session")
 

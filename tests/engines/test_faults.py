@@ -117,6 +117,15 @@ def test_all_options_parse() -> None:
     )
 
 
+def test_device_report_flags_parse() -> None:
+    assert parse_fault_options("backend-cpu") == FaultOptions(backend_cpu=True)
+    assert parse_fault_options("wrong-device, slow-start=1") == FaultOptions(
+        wrong_device=True, slow_start_s=1.0
+    )
+    with pytest.raises(ValueError, match="'backend-cpu' takes no value"):
+        parse_fault_options("backend-cpu=1")
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [
@@ -394,4 +403,6 @@ def test_fault_model_ids() -> None:
         "synthetic-slow",
         "synthetic-leak",
         "synthetic-fail",
+        "synthetic-oom",
+        "synthetic-nofree",
     }

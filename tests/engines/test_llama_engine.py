@@ -20,6 +20,7 @@ from engines.cpu_threads import THREADS_ENV, available_cores
 from engines.errors import EngineError, UnsupportedTask
 from engines.gguf_meta import GgufFormatError, iter_metadata, training_context
 from engines.llama import ENGINE_CLASS, LlamaEngine
+from engines.llama_model import LoadedModel
 from engines.loader import create_engine
 from protocol.tasks import (
     ChatMessage,
@@ -108,6 +109,13 @@ def _run(
 
 def _local_model(engine: LlamaEngine, name: str = "tiny.gguf", **params: Any) -> Path:
     return write_tiny_llama(engine.models_root / "llm" / name, **params)
+
+
+def _newest(engine: LlamaEngine) -> LoadedModel:
+    """The most recently used loaded model."""
+    loaded = engine._warm.peek(engine.resident()[-1].load_key)
+    assert loaded is not None
+    return loaded
 
 
 def _content(value: dict[str, Any]) -> str:
@@ -436,13 +444,12 @@ def test_switching_models_frees_the_old_one(engine: LlamaEngine) -> None:
     _local_model(engine, "a.gguf")
     _local_model(engine, "b.gguf", seed=1)
     _run(engine, _chat(), _source(), model="a")
-    first = engine._loaded
-    assert first is not None
+    first = _newest(engine)
     _run(engine, _chat(), _source(), model="b")
     assert engine.model_loads == 2
     assert first.llama._model.model is None, "the first model was freed"
     engine.close()
-    assert engine._loaded is None
+    assert engine.resident() == []
     engine.close()  # idempotent
 
 
@@ -453,8 +460,7 @@ def test_the_model_runs_on_every_available_core_or_the_override(
     monkeypatch.delenv(THREADS_ENV, raising=False)
     _local_model(engine)
     _run(engine, _chat(), _source())
-    assert engine._loaded is not None
-    context = engine._loaded.llama.ctx
+    context = _newest(engine).llama.ctx
     assert llama_cpp.llama_n_threads(context) == available_cores()
     assert llama_cpp.llama_n_threads_batch(context) == available_cores()
 
@@ -462,8 +468,7 @@ def test_the_model_runs_on_every_available_core_or_the_override(
     pinned = LlamaEngine(tmp_path / "models")
     try:
         _run(pinned, _chat(), _source())
-        assert pinned._loaded is not None
-        assert llama_cpp.llama_n_threads(pinned._loaded.llama.ctx) == 1
+        assert llama_cpp.llama_n_threads(_newest(pinned).llama.ctx) == 1
     finally:
         pinned.close()
 

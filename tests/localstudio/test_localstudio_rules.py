@@ -1,9 +1,10 @@
-"""Pure rules of the local studio (no event loop, no server): job lifecycle table and
-policies, worker selection, secrets, and the store's compare-and-set transitions on a
-real SQLite file in tmp_path."""
+"""Pure rules of the local studio (no event loop, no server): the job and session
+lifecycle tables, the job policies, worker selection under both offer rules, secrets, and
+the job queue's compare-and-set transitions on a real SQLite file in tmp_path."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +19,31 @@ from localstudio.auth import (
     secret_matches,
     sha256_hex,
 )
-from localstudio.errors import (
-    IllegalJobTransitionError,
-    IllegalSessionTransitionError,
-    StudioConfigError,
-)
+from localstudio.errors import StudioConfigError
+from localstudio.jobs import INITIAL as JOB_INITIAL
 from localstudio.jobs import (
+    TERMINAL,
+    JobEvent,
     JobStatus,
-    check_transition,
+    event_after_failure,
     is_transient_reject,
-    status_after_failure,
+    job_machine,
 )
+from localstudio.jobs import TRANSITIONS as JOB_TRANSITIONS
+from localstudio.records import NewJob
 from localstudio.schema import open_database, prepare_data_dir
-from localstudio.selection import JobNeeds, capacity_of, pick_worker
-from localstudio.session import CloseRequest, WorkerSession, clip_close_reason
-from localstudio.store import NewJob, Store
+from localstudio.selection import JobNeeds, OfferRule, capacity_of, pick_worker
+from localstudio.session import INITIAL as SESSION_INITIAL
+from localstudio.session import TRANSITIONS as SESSION_TRANSITIONS
+from localstudio.session import (
+    CloseRequest,
+    SessionEvent,
+    SessionState,
+    WorkerSession,
+    clip_close_reason,
+)
+from localstudio.store import Store
+from protocol.state_machine import IllegalTransition, StateMachine
 from protocol.studio import Capabilities, Error, HeartbeatAck
 
 
@@ -71,32 +82,48 @@ IMAGE = JobNeeds("job-1", "image", 4.0)
 # --- jobs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("current", "target"),
-    [
-        (JobStatus.QUEUED, JobStatus.CLAIMED),
-        (JobStatus.CLAIMED, JobStatus.QUEUED),
-        (JobStatus.CLAIMED, JobStatus.DONE),
-        (JobStatus.CLAIMED, JobStatus.FAILED),
-        (JobStatus.QUEUED, JobStatus.FAILED),
-    ],
-)
-def test_allowed_transitions(current: JobStatus, target: JobStatus) -> None:
-    check_transition("job-1", current, target)
+Q, C, D, F = JobStatus.QUEUED, JobStatus.CLAIMED, JobStatus.DONE, JobStatus.FAILED
+
+# Written out independently of the module so a change to the table is a deliberate one.
+JOB_TABLE: dict[tuple[JobStatus, JobEvent], JobStatus] = {
+    (Q, JobEvent.CLAIM): C,
+    (Q, JobEvent.UNOFFERABLE): F,
+    (C, JobEvent.RELEASE): Q,
+    (C, JobEvent.RETRY): Q,
+    (C, JobEvent.GIVE_UP): F,
+    (C, JobEvent.COMPLETE): D,
+}
+JOB_ILLEGAL = [pair for pair in itertools.product(JobStatus, JobEvent) if pair not in JOB_TABLE]
 
 
-@pytest.mark.parametrize(
-    ("current", "target"),
-    [
-        (JobStatus.QUEUED, JobStatus.DONE),
-        (JobStatus.DONE, JobStatus.QUEUED),
-        (JobStatus.FAILED, JobStatus.QUEUED),
-        (JobStatus.DONE, JobStatus.CLAIMED),
-    ],
-)
-def test_illegal_transitions_raise(current: JobStatus, target: JobStatus) -> None:
-    with pytest.raises(IllegalJobTransitionError, match=f"{current.value} -> {target.value}"):
-        check_transition("job-1", current, target)
+def test_job_table_is_exactly_the_planned_one() -> None:
+    assert JOB_TRANSITIONS == JOB_TABLE
+    assert JOB_INITIAL is Q
+    assert {D, F} == TERMINAL
+    assert not any((state, event) in JOB_TABLE for state in (D, F) for event in JobEvent)
+
+
+@pytest.mark.parametrize(("pair", "target"), list(JOB_TABLE.items()), ids=str)
+def test_every_legal_job_event(pair: tuple[JobStatus, JobEvent], target: JobStatus) -> None:
+    state, event = pair
+    life = job_machine("job-1", state)
+    assert life.allows(event)
+    assert life.apply(event) is target
+    assert life.state is target
+
+
+@pytest.mark.parametrize("pair", JOB_ILLEGAL, ids=str)
+def test_every_illegal_job_event_raises_and_changes_nothing(
+    pair: tuple[JobStatus, JobEvent],
+) -> None:
+    state, event = pair
+    life = job_machine("job-1", state)
+    assert not life.allows(event)
+    with pytest.raises(IllegalTransition) as info:
+        life.apply(event)
+    assert life.state is state
+    assert (info.value.state, info.value.event) == (state, event)
+    assert str(info.value) == f"job job-1: event {event.value} is illegal in state {state.value}"
 
 
 @pytest.mark.parametrize(
@@ -114,11 +141,11 @@ def test_transient_reject(code: str | None, reason: str, transient: bool) -> Non
     assert is_transient_reject(code, reason) is transient
 
 
-def test_status_after_failure() -> None:
-    assert status_after_failure(1, 3, retryable=True) is JobStatus.QUEUED
-    assert status_after_failure(2, 3, retryable=True) is JobStatus.QUEUED
-    assert status_after_failure(3, 3, retryable=True) is JobStatus.FAILED
-    assert status_after_failure(1, 3, retryable=False) is JobStatus.FAILED
+def test_event_after_failure() -> None:
+    assert event_after_failure(1, 3, retryable=True) is JobEvent.RETRY
+    assert event_after_failure(2, 3, retryable=True) is JobEvent.RETRY
+    assert event_after_failure(3, 3, retryable=True) is JobEvent.GIVE_UP
+    assert event_after_failure(1, 3, retryable=False) is JobEvent.GIVE_UP
 
 
 # --- selection ----------------------------------------------------------------------------
@@ -159,6 +186,18 @@ def test_capacity_honours_max_concurrent_jobs() -> None:
     assert capacity_of(caps(max_concurrent_jobs=0)) == 1
     two = FakeCandidate(1, capabilities=caps(max_concurrent_jobs=2), in_flight=1)
     assert pick_worker(IMAGE, [two]) is two
+    assert pick_worker(IMAGE, [two], OfferRule.PER_CAPACITY) is two
+
+
+def test_one_offer_per_worker_offers_only_to_idle_workers() -> None:
+    rule = OfferRule.ONE_PER_WORKER
+    assert capacity_of(caps(max_concurrent_jobs=3), rule) == 1
+    assert capacity_of(caps(), rule) == 1
+    holding = FakeCandidate(1, capabilities=caps(max_concurrent_jobs=2), in_flight=1)
+    idle = FakeCandidate(2, capabilities=caps(max_concurrent_jobs=2))
+    assert pick_worker(IMAGE, [holding], rule) is None
+    assert pick_worker(IMAGE, [holding, idle], rule) is idle
+    assert pick_worker(IMAGE, [holding, idle]) is holding  # per capacity: earliest wins
 
 
 # --- auth ---------------------------------------------------------------------------------
@@ -210,48 +249,57 @@ def new_job(max_attempts: int = 3) -> NewJob:
 
 
 def test_claim_is_compare_and_set(store: Store) -> None:
-    job = store.insert_job(new_job())
-    assert job.asset_name == job.id
-    assert store.claim(job.id, "w-1")
-    assert not store.claim(job.id, "w-2")
-    claimed = store.job(job.id)
+    job = store.jobs.insert(new_job())
+    assert job.asset_name == job.id and job.status is JobStatus.QUEUED
+    assert store.jobs.claim(job.id, "w-1")
+    assert not store.jobs.claim(job.id, "w-2")
+    claimed = store.jobs.get(job.id)
     assert claimed is not None and claimed.claimed_by == "w-1"
 
 
 def test_release_counts_attempts_only_when_asked(store: Store) -> None:
-    job = store.insert_job(new_job(max_attempts=2))
-    store.claim(job.id, "w-1")
-    released = store.release(job.id, "w-1", count_attempt=False)
+    job = store.jobs.insert(new_job(max_attempts=2))
+    store.jobs.claim(job.id, "w-1")
+    released = store.jobs.release(job.id, "w-1", count_attempt=False)
     assert released is not None and released.status is JobStatus.QUEUED
     assert released.attempts == 0
-    store.claim(job.id, "w-1")
-    lost = store.release(job.id, "w-1", count_attempt=True)
+    store.jobs.claim(job.id, "w-1")
+    lost = store.jobs.release(job.id, "w-1", count_attempt=True)
     assert lost is not None and (lost.status, lost.attempts) == (JobStatus.QUEUED, 1)
-    store.claim(job.id, "w-1")
-    final = store.release(job.id, "w-1", count_attempt=True)
+    store.jobs.claim(job.id, "w-1")
+    final = store.jobs.release(job.id, "w-1", count_attempt=True)
     assert final is not None and (final.status, final.attempts) == (JobStatus.FAILED, 2)
 
 
 def test_outcomes_need_the_claimant(store: Store) -> None:
-    job = store.insert_job(new_job())
-    assert store.complete(job.id, "w-1", prompt="p", result_json="{}") is None
-    store.claim(job.id, "w-1")
-    assert store.fail(job.id, "w-2", "boom", retryable=True) is None
-    done = store.complete(job.id, "w-1", prompt="p", result_json='{"a":1}')
+    job = store.jobs.insert(new_job())
+    assert store.jobs.complete(job.id, "w-1", prompt="p", result_json="{}") is None
+    store.jobs.claim(job.id, "w-1")
+    assert store.jobs.fail(job.id, "w-2", "boom", retryable=True) is None
+    done = store.jobs.complete(job.id, "w-1", prompt="p", result_json='{"a":1}')
     assert done is not None and done.status is JobStatus.DONE
-    assert store.release(job.id, "w-1", count_attempt=False) is None
+    assert store.jobs.release(job.id, "w-1", count_attempt=False) is None
+    assert store.jobs.fail_unofferable(job.id, "bad task") is None  # done is final
+    assert not store.jobs.claim(job.id, "w-2")
+
+
+def test_unofferable_job_fails_from_the_queue(store: Store) -> None:
+    job = store.jobs.insert(new_job())
+    failed = store.jobs.fail_unofferable(job.id, "stored task is invalid")
+    assert failed is not None and (failed.status, failed.attempts) == (JobStatus.FAILED, 0)
+    assert failed.finished_at is not None and failed.error == "stored task is invalid"
 
 
 def test_restart_releases_orphaned_claims(tmp_path: Path) -> None:
     prepare_data_dir(tmp_path)
     first = Store.open(tmp_path)
-    job = first.insert_job(new_job())
-    first.claim(job.id, "w-1")
+    job = first.jobs.insert(new_job())
+    first.jobs.claim(job.id, "w-1")
     first.close()
     second = Store.open(tmp_path)
     try:
-        assert second.release_orphaned_claims() == 1
-        back = second.job(job.id)
+        assert second.jobs.release_orphaned_claims() == 1
+        back = second.jobs.get(job.id)
         assert back is not None and back.status is JobStatus.QUEUED and back.attempts == 0
     finally:
         second.close()
@@ -267,16 +315,43 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_pending_request_dedups_on_install_id(store: Store) -> None:
-    first = store.upsert_pending_request("install-1", "a" * 64, "{}", "ua")
-    again = store.upsert_pending_request("install-1", "b" * 64, "{}", "ua")
+    first = store.workers.upsert_pending_request("install-1", "a" * 64, "{}", "ua")
+    again = store.workers.upsert_pending_request("install-1", "b" * 64, "{}", "ua")
     assert again.id == first.id and again.secret_hash == "b" * 64
-    approved = store.approve_request(first.id)
+    approved = store.workers.approve_request(first.id)
     assert approved is not None and approved.status == "approved"
-    fresh = store.upsert_pending_request("install-1", "c" * 64, "{}", "ua")
+    assert [w.id for w in store.workers.all()] == [approved.worker_id]
+    fresh = store.workers.upsert_pending_request("install-1", "c" * 64, "{}", "ua")
     assert fresh.id != first.id
 
 
 # --- session ------------------------------------------------------------------------------
+
+SESSION_TABLE: dict[tuple[SessionState, SessionEvent], SessionState] = {
+    (SessionState.AWAITING_HELLO, SessionEvent.WELCOME): SessionState.WELCOMED,
+    (SessionState.AWAITING_HELLO, SessionEvent.CLOSE): SessionState.CLOSING,
+    (SessionState.WELCOMED, SessionEvent.CLOSE): SessionState.CLOSING,
+}
+
+
+def test_session_table_is_exactly_the_planned_one() -> None:
+    assert SESSION_TRANSITIONS == SESSION_TABLE
+    assert SESSION_INITIAL is SessionState.AWAITING_HELLO
+
+
+@pytest.mark.parametrize("pair", list(itertools.product(SessionState, SessionEvent)), ids=str)
+def test_every_session_event_moves_by_the_table_or_raises(
+    pair: tuple[SessionState, SessionEvent],
+) -> None:
+    state, event = pair
+    life = StateMachine("session of w-1", SESSION_TRANSITIONS, state)
+    target = SESSION_TABLE.get(pair)
+    if target is None:
+        with pytest.raises(IllegalTransition, match=f"event {event.value} is illegal"):
+            life.apply(event)
+        assert life.state is state
+    else:
+        assert life.apply(event) is target
 
 
 def test_session_queues_error_then_close_and_drops_later_frames() -> None:
@@ -292,8 +367,9 @@ def test_session_queues_error_then_close_and_drops_later_frames() -> None:
         ]
         with pytest.raises(anyio.WouldBlock):
             session.outbox.receive_nowait()
-        with pytest.raises(IllegalSessionTransitionError, match="closing -> welcomed"):
+        with pytest.raises(IllegalTransition, match="event welcome is illegal in state closing"):
             session.welcome(caps(), now=1.0)
+        assert session.state is SessionState.CLOSING
     finally:
         session.close_streams()
 

@@ -296,6 +296,7 @@ def start_studio(
     port: int = 0,
     auto_approve: bool = True,
     name: str = "studio",
+    one_offer_per_worker: bool = False,
 ) -> StudioProcess:
     argv = [
         sys.executable,
@@ -310,6 +311,8 @@ def start_studio(
     ]
     if auto_approve:
         argv.append("--auto-approve")
+    if one_offer_per_worker:
+        argv.append("--one-offer-per-worker")
     proc = processes.spawn(name, argv)
     _, match = proc.log.wait_for(STUDIO_READY)
     url = match.group(1)

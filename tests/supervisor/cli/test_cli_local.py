@@ -128,7 +128,7 @@ def test_register_with_url_and_reset(cfg_path: Path, no_network: list[object]) -
 def test_register_refuses_an_unusable_url(cfg_path: Path) -> None:
     before = cfg_path.read_text()
     result = invoke("--config", str(cfg_path), "register", "--api-base-url", "not a url")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # exit_codes.USAGE
     assert result.stderr == 'error: invalid api_base_url "not a url": relative URL without a base\n'
     assert cfg_path.read_text() == before
 
@@ -184,7 +184,7 @@ def test_broken_config_is_a_clean_error(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text('auth_token = "tok-SECRET\n')
     result = invoke("--config", str(path), "config")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # exit_codes.USAGE: a bad config file
     assert "parsing config.toml" in result.stderr
     assert "tok-SECRET" not in result.output
     assert "Traceback" not in result.output

@@ -245,7 +245,7 @@ def test_dry_run_changes_nothing(tmp_path: Path):
 def test_unknown_engines_are_refused_before_anything_is_written(tmp_path: Path):
     env = sandbox_env(tmp_path, [Path("/bin"), Path("/usr/bin")])
     done = cli(env, "install-service", "--engines", "nope@0")
-    assert done.returncode == 1
+    assert done.returncode == 2  # exit_codes.USAGE
     assert done.stderr.startswith("error: unknown engine `nope` in --engines")
     assert not (tmp_path / "xdg").exists()
 

@@ -1,17 +1,21 @@
 """The capability snapshot and its one-line summary (protocol.md §5, §2.6 step 3), and the
-host facts behind it: nvidia-smi and sysfs VRAM parsing (§9.6)."""
+host facts behind it: the total VRAM, summed over the cards the GPU source reads (§9.6)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from protocol.studio import Capabilities, encode_json
-from supervisor import __version__
+from supervisor import __version__, machine_facts
 from supervisor.config import WorkerConfig
-from supervisor.machine_facts import parse_nvidia_smi_mib, sysfs_vram_mib
+from supervisor.gpu.facts import GpuDevice
+from supervisor.machine_facts import sum_vram_gb
 from supervisor.studio import capabilities as caps_module
 from supervisor.studio.capabilities import ENGINE_NAME, build_capabilities, summary_line
 
@@ -183,78 +187,76 @@ def test_summary_line_for_a_fixture_engine() -> None:
     assert "advertising engine=synthetic," in summary_line(caps)
 
 
-# --- nvidia-smi -------------------------------------------------------------------------------
+# --- total VRAM from the GPU source ----------------------------------------------------------
+
+GIB = 2**30
+
+
+def card(index: int, total_bytes: int) -> GpuDevice:
+    return GpuDevice(index, f"card {index}", f"GPU-{index}", total_bytes, 0)
 
 
 @pytest.mark.parametrize(
-    ("output", "expected"),
+    ("totals", "gb"),
     [
-        ("24576\n", (24576.0, 0)),
-        ("24576\n12288\n", (36864.0, 0)),
-        ("24576 MiB\n8192 MiB\n", (32768.0, 0)),
-        ("24576\r\n12288\r\n", (36864.0, 0)),
-        ("[N/A]\n8192\n", (8192.0, 1)),
-        ("[N/A]\r\n[N/A]\r\n", (0.0, 2)),
-        ("", (0.0, 0)),
-        ("\n  \n", (0.0, 0)),
-        ("  16384  \n", (16384.0, 0)),
-        ("garbage\n4096\n", (4096.0, 1)),
+        ([], 0.0),
+        ([24 * GIB], 24.0),
+        ([24 * GIB, 12 * GIB], 36.0),
+        ([24564 * 2**20], 23.99),  # what a 24 GB card really has, to two decimals
+        ([141 * GIB + GIB // 2] * 8, 1132.0),
     ],
 )
-def test_parse_nvidia_smi(output: str, expected: tuple[float, int]) -> None:
-    assert parse_nvidia_smi_mib(output) == expected
+def test_sum_vram_gb(totals: list[int], gb: float) -> None:
+    assert sum_vram_gb(card(i, t) for i, t in enumerate(totals)) == gb
 
 
-# --- sysfs --------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_vram() -> Iterator[None]:
+    machine_facts.total_vram_gb.cache_clear()
+    yield
+    machine_facts.total_vram_gb.cache_clear()
 
 
-def gpu(root: Path, name: str, text: str) -> None:
-    (root / name).mkdir(parents=True)
-    (root / name / "information").write_text(text)
+@pytest.mark.usefixtures("fresh_vram")
+def test_total_vram_is_read_from_the_simulated_cards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpus = tmp_path / "gpus.json"
+    gpus.write_text(
+        json.dumps(
+            {
+                "devices": [
+                    {"index": 0, "name": "Sim 24G", "total_mib": 24576, "foreign_mib": 100},
+                    {"index": 1, "name": "Sim 12G", "total_mib": 12288},
+                ]
+            }
+        )
+    )
+    monkeypatch.setenv("STUDIO_WORKER_SIMULATED_GPUS", str(gpus))
+    monkeypatch.setenv("STUDIO_WORKER_SIM_GPU_DIR", str(tmp_path / "alloc"))
+    assert machine_facts.total_vram_gb() == 36.0
+    gpus.write_text("broken")  # read once per process: the first answer stays
+    assert machine_facts.total_vram_gb() == 36.0
 
 
-def info(memory: str) -> str:
-    return f"Model:           NVIDIA GeForce RTX\nIRQ:             42\nVideo Memory:    {memory}\n"
+@pytest.mark.usefixtures("fresh_vram")
+def test_total_vram_is_zero_when_the_simulation_is_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpus = tmp_path / "gpus.json"
+    gpus.write_text("{}")
+    monkeypatch.setenv("STUDIO_WORKER_SIMULATED_GPUS", str(gpus))
+    monkeypatch.setenv("STUDIO_WORKER_SIM_GPU_DIR", str(tmp_path / "alloc"))
+    assert machine_facts.total_vram_gb() == 0.0
+    assert "could not read the GPUs" in caplog.text
 
 
-def test_sysfs_sums_every_gpu(tmp_path: Path) -> None:
-    gpu(tmp_path, "0000:01:00.0", info("12288 MiB"))
-    gpu(tmp_path, "0000:02:00.0", info("24576 MiB"))
-    mib = sysfs_vram_mib(tmp_path)
-    assert mib == 36864.0
-    assert mib is not None and mib / 1024 == 36.0
-
-
-@pytest.mark.parametrize(
-    ("memory", "mib"),
-    [
-        ("12288 MiB", 12288.0),
-        ("12288 MB", 12288.0),
-        ("12 GiB", 12288.0),
-        ("12 GB", 12288.0),
-        ("12 gb", 12288.0),
-        ("8192", 8192.0),  # no unit: MiB
-        ("8192 bananas", 8192.0),  # unknown unit: the raw number
-        ("1.5 GiB", 1536.0),
-    ],
-)
-def test_sysfs_units(tmp_path: Path, memory: str, mib: float) -> None:
-    gpu(tmp_path, "0000:01:00.0", info(memory))
-    assert sysfs_vram_mib(tmp_path) == mib
-
-
-def test_sysfs_missing_dir_is_none(tmp_path: Path) -> None:
-    assert sysfs_vram_mib(tmp_path / "nope") is None
-
-
-def test_sysfs_nothing_parseable_is_none(tmp_path: Path) -> None:
-    gpu(tmp_path, "0000:01:00.0", "Model: X\nVideo Memory: unknown\n")
-    assert sysfs_vram_mib(tmp_path) is None
-    assert sysfs_vram_mib(tmp_path / "0000:01:00.0") is None  # no */information below
-
-
-def test_sysfs_unreadable_gpu_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    gpu(tmp_path, "0000:01:00.0", info("12 GiB"))
-    (tmp_path / "0000:02:00.0" / "information").mkdir(parents=True)  # read_text fails
-    assert sysfs_vram_mib(tmp_path) == 12288.0
-    assert "unreadable GPU information file" in caplog.text
+@pytest.mark.usefixtures("fresh_vram")
+def test_total_vram_is_zero_without_nvml(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("STUDIO_WORKER_SIMULATED_GPUS", raising=False)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # the bindings do not import
+    caplog.set_level(logging.INFO)
+    assert machine_facts.total_vram_gb() == 0.0
+    assert "no NVIDIA GPU found; advertising vram=0" in caplog.text

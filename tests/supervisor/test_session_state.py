@@ -7,12 +7,13 @@ import itertools
 
 import pytest
 
-from supervisor.studio.session_state import (
+from protocol.state_machine import IllegalTransition, StateMachine
+from supervisor.session_state import (
+    INITIAL,
     TRANSITIONS,
-    IllegalSessionTransition,
     SessionEvent,
-    SessionLifecycle,
     SessionPhase,
+    session_machine,
 )
 
 P, E = SessionPhase, SessionEvent
@@ -35,9 +36,9 @@ EXPECTED: dict[tuple[SessionPhase, SessionEvent], SessionPhase] = {
 ILLEGAL = [pair for pair in itertools.product(SessionPhase, SessionEvent) if pair not in EXPECTED]
 
 
-def at(phase: SessionPhase) -> SessionLifecycle:
-    life = SessionLifecycle()
-    life.phase = phase
+def at(phase: SessionPhase) -> StateMachine[SessionPhase, SessionEvent]:
+    life = session_machine()
+    life.state = phase
     return life
 
 
@@ -46,7 +47,7 @@ def test_table_is_exactly_the_planned_one() -> None:
 
 
 def test_starts_waiting_for_credentials() -> None:
-    assert SessionLifecycle().phase is SessionPhase.WAITING_CREDENTIALS
+    assert session_machine().state is SessionPhase.WAITING_CREDENTIALS is INITIAL
 
 
 @pytest.mark.parametrize(("pair", "target"), list(EXPECTED.items()), ids=str)
@@ -56,7 +57,7 @@ def test_every_legal_transition(
     phase, event = pair
     life = at(phase)
     assert life.apply(event) is target
-    assert life.phase is target
+    assert life.state is target
 
 
 @pytest.mark.parametrize("pair", ILLEGAL, ids=str)
@@ -65,30 +66,30 @@ def test_every_illegal_transition_raises_and_changes_nothing(
 ) -> None:
     phase, event = pair
     life = at(phase)
-    with pytest.raises(IllegalSessionTransition, match=f"{event.value}.*{phase.value}"):
+    with pytest.raises(IllegalTransition, match=f"{event.value}.*{phase.value}"):
         life.apply(event)
-    assert life.phase is phase
+    assert life.state is phase
 
 
 def test_nothing_happens_after_stop() -> None:
     life = at(P.STOPPED)
     for event in SessionEvent:
-        with pytest.raises(IllegalSessionTransition):
+        with pytest.raises(IllegalTransition):
             life.apply(event)
-    assert life.phase is P.STOPPED
+    assert life.state is P.STOPPED
 
 
 def test_welcome_is_needed_before_the_session_counts_as_up() -> None:
-    life = SessionLifecycle()
+    life = session_machine()
     life.apply(E.CONNECT)
-    with pytest.raises(IllegalSessionTransition):
+    with pytest.raises(IllegalTransition):
         life.apply(E.WELCOMED)  # no welcome before the socket is up
     life.apply(E.CONNECTED)
-    assert life.phase is P.AWAITING_WELCOME
+    assert life.state is P.AWAITING_WELCOME
 
 
 def test_reconnect_cycle() -> None:
-    life = SessionLifecycle()
+    life = session_machine()
     for event, phase in [
         (E.CONNECT, P.CONNECTING),
         (E.LOST, P.BACKING_OFF),  # connect failure

@@ -1,9 +1,13 @@
-"""The studio session's lifecycle as a table (pure; no sockets, no clock)."""
+"""The studio session's lifecycle as a table (pure; no sockets, no clock), in the project's
+one state-machine idiom (``protocol.state_machine``). Shared vocabulary: the session drives
+it, ``WorkerState`` holds it, status and metrics read it."""
 
 from __future__ import annotations
 
 import enum
 from typing import Final
+
+from protocol.state_machine import StateMachine
 
 
 class SessionPhase(enum.Enum):
@@ -33,24 +37,11 @@ TRANSITIONS: Final[dict[tuple[SessionPhase, SessionEvent], SessionPhase]] = {
     (P.AWAITING_WELCOME, E.LOST): P.BACKING_OFF,
     (P.WELCOMED, E.LOST): P.BACKING_OFF,
     (P.BACKING_OFF, E.CONNECT): P.CONNECTING,
+    # Stopping is legal from every phase but the last.
+    **{(phase, E.STOP): P.STOPPED for phase in P if phase is not P.STOPPED},
 }
-# Stopping is legal from every phase but the last.
-TRANSITIONS.update({(p, E.STOP): P.STOPPED for p in P if p is not P.STOPPED})
+INITIAL: Final = SessionPhase.WAITING_CREDENTIALS
 
 
-class IllegalSessionTransition(RuntimeError):
-    pass
-
-
-class SessionLifecycle:
-    def __init__(self) -> None:
-        self.phase = SessionPhase.WAITING_CREDENTIALS
-
-    def apply(self, event: SessionEvent) -> SessionPhase:
-        nxt = TRANSITIONS.get((self.phase, event))
-        if nxt is None:
-            raise IllegalSessionTransition(
-                f"session event {event.value} is illegal in phase {self.phase.value}"
-            )
-        self.phase = nxt
-        return nxt
+def session_machine() -> StateMachine[SessionPhase, SessionEvent]:
+    return StateMachine("session", TRANSITIONS, INITIAL)

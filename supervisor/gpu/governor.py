@@ -1,0 +1,369 @@
+"""The GPU memory governor: samples the GPUs, keeps the ledger, grants loads and evicts.
+
+It is the one driver of the pure pieces (``ledger``, ``admission``, ``health``): a sampling
+loop reads every device (NVML or simulated) from a worker thread; engine hosts ask before
+they load (``LoadRequest``), and the governor answers one load at a time per device, after
+telling idle hosts on that device to unload, least recently used first and only as much as
+needed, and seeing the memory free in NVML (bounded: a host whose unload frees nothing in
+time is recycled). A load's real size is measured around it (the host's own NVML
+per-process figure where PIDs match, the device's used-memory change otherwise: loads on
+one device never overlap, so the change is that load's). Every eviction and refusal is a
+log line. Health (suspect devices, probes) lives in ``health_watch``.
+
+It reaches slots only through ``GovernedSlot`` (the slot driver implements it), so this
+package never imports the pool.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from protocol import ipc
+from supervisor.gpu.admission import (
+    DeviceRoom,
+    ModelRoom,
+    SlotRoom,
+    gib,
+    largest_admissible,
+)
+from supervisor.gpu.facts import GpuDevice, GpuReadError, GpuSourceWithXid, XidEvent
+from supervisor.gpu.health import DeviceHealth
+from supervisor.gpu.ledger import MemoryLedger, Reservation
+from supervisor.gpu.loads import LoadBroker
+from supervisor.gpu.meter import LoadMeter
+from supervisor.gpu.picture import MemoryPicture
+
+log = logging.getLogger("supervisor.gpu")
+
+MIB: Final = 2**20
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    governed: bool = True  # config ``gpu_governance``
+    headroom_bytes: int = 1024 * MIB  # config ``vram_headroom_mb``
+    max_warm_models: int = 1
+    keep_alive_s: float = 0.0  # 0: never unload for idleness
+    unload_timeout_s: float = 20.0
+    sample_interval_s: float = 1.0
+    load_timeout_s: float = 300.0
+    probe_bytes: int = 64 * MIB
+
+
+class RecycleCause(enum.StrEnum):
+    """Why the governor wants a slot's host replaced (the slot's loss cause of that name)."""
+
+    UNLOAD_STUCK = "unload_stuck"  # told to unload, freed nothing in time
+    PROBE_FAILED = "probe_failed"  # its GPU probe failed
+
+
+class GovernedSlot(Protocol):
+    """What the governor needs of one engine slot (``supervisor.pool.slot.Slot``)."""
+
+    @property
+    def slot_id(self) -> str: ...
+    @property
+    def engine(self) -> str: ...
+    @property
+    def device_index(self) -> int | None: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def is_free(self) -> bool: ...
+    @property
+    def is_idle(self) -> bool: ...
+    async def send(self, msg: ipc.SupervisorMessage) -> bool: ...
+    def recycle(self, cause: RecycleCause, detail: str) -> None: ...
+
+
+class GpuGovernor:
+    def __init__(
+        self,
+        source: GpuSourceWithXid | None,
+        devices: Sequence[GpuDevice],
+        settings: GpuSettings,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.source = source
+        self.settings = settings
+        self.readings: dict[int, GpuDevice] = {d.index: d for d in devices}
+        self.health: dict[int, DeviceHealth] = {d.index: DeviceHealth(d.index) for d in devices}
+        self.ledger = MemoryLedger()
+        self.evictions: Counter[int] = Counter()
+        self.slots: dict[str, GovernedSlot] = {}
+        self._on_change = on_change
+        self.meter = LoadMeter()
+        self.loads = LoadBroker(self)
+        self._running: dict[str, str] = {}  # slot id -> job id, for the meter
+        self._tickets = 0  # reads started
+        self._applied = 0  # the newest read whose result is in ``readings``
+        self._tg: anyio.abc.TaskGroup | None = None
+        # NVML reported a critical error (XID) on a card: the pool hands it to health.
+        self.on_xid: Callable[[int, int], None] = lambda device, xid: None
+
+    # --- life ---------------------------------------------------------------------------------
+
+    def register(self, slot: GovernedSlot) -> None:
+        self.slots[slot.slot_id] = slot
+        if slot.device_index is not None:
+            self.ledger.attach(slot.slot_id, slot.device_index)
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while True:
+                await self.sample()
+                self._after_sample(time.monotonic())
+                await anyio.sleep(self.settings.sample_interval_s)
+
+    def spawn(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._tg is not None, "the governor is not serving"
+        self._tg.start_soon(fn, *args)  # type: ignore[arg-type]
+
+    async def sample(self) -> None:
+        """Read every device now, and the XID errors since the last read (NVML calls block:
+        a worker thread does them). Reads may overlap; an older one never overwrites a
+        newer one."""
+        source = self.source
+        if source is None:
+            return
+        self._tickets += 1
+        ticket = self._tickets
+
+        def read() -> tuple[list[GpuDevice], list[XidEvent]]:
+            return source.read(), source.poll_xid_events()
+
+        try:
+            devices, xids = await anyio.to_thread.run_sync(read)
+        except GpuReadError as exc:
+            log.warning("reading the GPUs failed: %s", exc)
+            return
+        for event in xids:
+            self.on_xid(event.device_index, event.xid)
+        if ticket > self._applied:
+            self._applied = ticket
+            self.readings = {d.index: d for d in devices}
+
+    # --- what routing and the status surfaces read ------------------------------------------
+
+    def picture(self) -> MemoryPicture:
+        return MemoryPicture(
+            governed=self.settings.governed,
+            slots=tuple(self.slot_rooms()),
+            devices=self.device_rooms(),
+            peaks=self.ledger.peaks(),
+            headroom_bytes=self.settings.headroom_bytes,
+            max_warm_models=self.settings.max_warm_models,
+        )
+
+    def threshold_gb(self, configured_gb: float) -> float:
+        """``min(config, the largest job admissible right now)``; the config alone when
+        nothing is governed (no GPU slot, or governance off)."""
+        if not self.settings.governed:
+            return configured_gb
+        largest = largest_admissible(
+            self.slot_rooms(), self.device_rooms(), self.settings.headroom_bytes
+        )
+        if largest is None:
+            return configured_gb
+        return round(min(configured_gb, largest / 2**30), 2)
+
+    def total_gb(self) -> float:
+        """Every card's memory, summed (protocol.md §9.6: ``vramTotalGb``)."""
+        return round(sum(d.total_bytes for d in self.readings.values()) / 2**30, 2)
+
+    def advertised_gb(self, configured_threshold_gb: float) -> tuple[float, float]:
+        """(``vramTotalGb``, ``vramThresholdGb``) for the next heartbeat."""
+        return self.total_gb(), self.threshold_gb(configured_threshold_gb)
+
+    def takes_work(self, device: int | None) -> bool:
+        return device is None or device not in self.health or self.health[device].takes_work
+
+    def unexplained_bytes(self, slot: GovernedSlot) -> int | None:
+        """The host's GPU memory beyond the models it reports loaded: what a leak grows.
+        None where NVML cannot tell the host's own figure (containers)."""
+        used = self.process_bytes(slot)
+        if used is None:
+            return None
+        held = self.ledger.holdings(slot.slot_id)
+        return max(0, used - (held.total_bytes if held is not None else 0))
+
+    def process_bytes(self, slot: GovernedSlot) -> int | None:
+        """The slot's host's GPU memory as NVML reports it, where PIDs match."""
+        reading = self.readings.get(slot.device_index) if slot.device_index is not None else None
+        if reading is None or reading.processes is None or slot.pid is None:
+            return None
+        return reading.processes.get(slot.pid, 0)
+
+    def slot_rooms(self) -> list[SlotRoom]:
+        rooms = []
+        for slot in self.slots.values():
+            held = self.ledger.holdings(slot.slot_id)
+            models = tuple(
+                ModelRoom(m.load_key, m.size_bytes, m.last_used)
+                for m in (held.models.values() if held else ())
+            )
+            rooms.append(
+                SlotRoom(
+                    slot.slot_id,
+                    slot.engine,
+                    slot.device_index,
+                    slot.is_free and self.takes_work(slot.device_index),
+                    slot.is_idle,
+                    models,
+                )
+            )
+        return rooms
+
+    def device_rooms(self, *, except_job: str | None = None) -> dict[int, DeviceRoom]:
+        """Each card's free memory for admission: NVML's last reading, but never more than
+        the ledger leaves (a model reported loaded a moment ago may not be in the reading
+        yet), less what admitted jobs (other than ``except_job``) have reserved."""
+        rooms = {}
+        for index, reading in self.readings.items():
+            reserved = self.ledger.reserved_on(index)
+            own = self.ledger.reservation(except_job) if except_job else None
+            if own is not None and own.device == index:
+                reserved -= own.need_bytes
+            held = sum(h.total_bytes for h in self.ledger.on_device(index))
+            free = min(reading.free_bytes, reading.total_bytes - held)
+            rooms[index] = DeviceRoom(
+                index, reading.total_bytes, max(0, free - reserved), self.takes_work(index)
+            )
+        return rooms
+
+    # --- reservations (routing) -----------------------------------------------------------------
+
+    def reserve(self, job_id: str, slot_id: str, load_key: str, need: int) -> None:
+        slot = self.slots.get(slot_id)
+        if slot is None or slot.device_index is None or need <= 0:
+            return
+        self.ledger.reserve(job_id, Reservation(slot.device_index, slot_id, load_key, need))
+
+    def release(self, job_id: str) -> None:
+        self.ledger.release(job_id)
+
+    # --- from the slots ---------------------------------------------------------------------------
+
+    def load_requested(self, slot: GovernedSlot, msg: ipc.LoadRequest) -> None:
+        self.spawn(self.loads.serve, slot, msg)
+
+    def resident_reported(self, slot: GovernedSlot, models: Sequence[ipc.ResidentModel]) -> None:
+        left = self.ledger.update_resident(
+            slot.slot_id, [(m.load_key, m.size_bytes) for m in models], time.monotonic()
+        )
+        self.loads.resident_reported(slot, [m.load_key for m in models])
+        if left and slot.device_index is not None:
+            # Dropped by the host itself (it keeps max_warm_models, least recent out):
+            # what the supervisor orders unloaded left the ledger when it ordered it.
+            for key in left:
+                self.evictions[slot.device_index] += 1
+                log.info(
+                    "slot %s unloaded %s to stay within max_warm_models on gpu %d",
+                    slot.slot_id,
+                    key,
+                    slot.device_index,
+                )
+        self._on_change()
+
+    def progress_reported(self, slot: GovernedSlot, msg: ipc.Progress) -> None:
+        if msg.phase == "loading" and msg.step >= msg.total > 0:
+            self.loads.loaded(slot)
+
+    def job_started(self, slot: GovernedSlot, job_id: str, load_key: str) -> None:
+        if slot.device_index is None:
+            return
+        self.ledger.touch(slot.slot_id, load_key, time.monotonic())
+        self.meter.job_started(slot.slot_id, slot.device_index, load_key)
+        self._running[slot.slot_id] = job_id
+
+    def job_ended(self, slot: GovernedSlot, job_id: str) -> None:
+        self.ledger.release(job_id)
+        if self._running.pop(slot.slot_id, None) is not None:
+            self.spawn(self._measure_job, slot)
+
+    async def _measure_job(self, slot: GovernedSlot) -> None:
+        """Read the card right after the job, and keep what it took."""
+        await self.sample()
+        device = slot.device_index
+        reading = self.readings.get(device) if device is not None else None
+        if reading is None:
+            self.meter.forget(slot.slot_id)
+            return
+        measured = self.meter.job_ended(slot.slot_id, reading.used_bytes, self.process_bytes(slot))
+        if measured is None:
+            return
+        key = measured.load_key
+        if measured.size_bytes is not None:
+            self.ledger.record_size(slot.slot_id, key, measured.size_bytes)
+            log.info(
+                "loaded %s on gpu %s (slot %s): %s measured",
+                key,
+                device,
+                slot.slot_id,
+                gib(measured.size_bytes),
+            )
+        self.ledger.touch(slot.slot_id, key, time.monotonic())
+        if measured.transient_bytes is not None:
+            size = self.ledger.size_of(key, 0)
+            if size:
+                self.ledger.record_peak(key, size + measured.transient_bytes)
+
+    async def relieve(self, slot: GovernedSlot) -> None:
+        """Free the slot's GPU for the one local retry of an out-of-memory job."""
+        await self.loads.relieve(slot)
+
+    def host_gone(self, slot: GovernedSlot) -> None:
+        """The slot's host is gone: so is everything it held."""
+        self.ledger.clear(slot.slot_id)
+        self._running.pop(slot.slot_id, None)
+        self.meter.forget(slot.slot_id)
+        self.loads.host_gone(slot)
+        self._on_change()
+
+    # --- every sample -----------------------------------------------------------------------------
+
+    def _after_sample(self, now: float) -> None:
+        for slot_id in self._running:
+            slot = self.slots.get(slot_id)
+            reading = (
+                self.readings.get(slot.device_index)
+                if slot and slot.device_index is not None
+                else None
+            )
+            if slot is not None and reading is not None:
+                self.meter.sampled(slot_id, reading.used_bytes, self.process_bytes(slot))
+        keep_alive = self.settings.keep_alive_s
+        if keep_alive > 0:
+            self._unload_idle_models(now, keep_alive)
+
+    def _unload_idle_models(self, now: float, keep_alive_s: float) -> None:
+        for slot in self.slots.values():
+            held = self.ledger.holdings(slot.slot_id)
+            if held is None or not slot.is_idle:
+                continue
+            stale = [m.load_key for m in held.models.values() if now - m.last_used > keep_alive_s]
+            if stale:
+                log.info(
+                    "unloading %s from slot %s: unused for %.0f s (model_keep_alive_s)",
+                    ", ".join(stale),
+                    slot.slot_id,
+                    keep_alive_s,
+                )
+                self.ledger.forget(slot.slot_id, stale)
+                if slot.device_index is not None:
+                    self.meter.disturb(slot.device_index)
+                self.spawn(slot.send, ipc.Unload(stale))

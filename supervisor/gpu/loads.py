@@ -1,0 +1,193 @@
+"""Loads onto a GPU, one at a time per card: plan, evict, wait for the memory, grant.
+
+An engine host asks before it loads (``LoadRequest``); ``LoadBroker.serve`` answers under
+the card's lock, with fresh readings: ``admission.plan_unloads`` names what idle hosts on the
+card must unload (least recently used first, only as much as needed), the broker tells them
+(``Unload``), waits until NVML shows the memory free (bounded by ``vram_unload_timeout_s``;
+a host whose unload freed nothing in time is recycled), then grants (``LoadGrant``, naming
+what the requester must unload of its own first). The lock is held until the host says the
+model is in, so loads on one card never overlap and a card's used-memory change belongs to
+one load. ``relieve`` frees a card for the one local retry of an out-of-memory job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from protocol import ipc
+from supervisor.gpu.admission import Unload, gib, need_bytes, plan_unloads
+
+if TYPE_CHECKING:
+    from supervisor.gpu.governor import GovernedSlot, GpuGovernor
+
+log = logging.getLogger("supervisor.gpu")
+
+
+@dataclass
+class _Pending:
+    """A granted load, until the host says the model is in (or the host is gone)."""
+
+    load_key: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class LoadBroker:
+    def __init__(self, governor: GpuGovernor) -> None:
+        self._gov = governor
+        self._locks: dict[int, anyio.Lock] = {}
+        self._pending: dict[str, _Pending] = {}  # by slot id
+
+    def _lock(self, device: int) -> anyio.Lock:
+        return self._locks.setdefault(device, anyio.Lock())
+
+    # --- what the host says -------------------------------------------------------------------
+
+    def loaded(self, slot: GovernedSlot) -> None:
+        pending = self._pending.get(slot.slot_id)
+        if pending is not None:
+            pending.done.set()
+
+    def resident_reported(self, slot: GovernedSlot, keys: Sequence[str]) -> None:
+        pending = self._pending.get(slot.slot_id)
+        if pending is not None and pending.load_key in keys:
+            pending.done.set()
+
+    def host_gone(self, slot: GovernedSlot) -> None:
+        self.loaded(slot)
+
+    # --- loads ------------------------------------------------------------------------------------
+
+    async def serve(self, slot: GovernedSlot, msg: ipc.LoadRequest) -> None:
+        gov = self._gov
+        device = slot.device_index
+        if not gov.settings.governed or device is None:
+            await slot.send(ipc.LoadGrant(msg.job_id, True))
+            return
+        async with self._lock(device):
+            await gov.sample()
+            reservation = gov.ledger.reservation(msg.job_id)
+            need = (
+                reservation.need_bytes
+                if reservation is not None
+                else need_bytes(
+                    msg.estimate_bytes,
+                    gov.ledger.peaks().get(msg.load_key, 0),
+                    gov.settings.headroom_bytes,
+                )
+            )
+            rooms = gov.slot_rooms()
+            target = next(r for r in rooms if r.slot_id == slot.slot_id)
+            free = gov.device_rooms(except_job=msg.job_id)[device].free_bytes
+            plan = plan_unloads(target, need, free, rooms, gov.settings.max_warm_models)
+            if plan is None:
+                reason = (
+                    f"{gib(need)} of GPU memory do not fit on GPU {device} now "
+                    f"({gib(free)} free, the rest held by busy slots or other processes)"
+                )
+                log.warning("refusing load of %s for job %s: %s", msg.load_key, msg.job_id, reason)
+                await slot.send(ipc.LoadGrant(msg.job_id, False, reason))
+                return
+            own = [u for u in plan if u.slot_id == slot.slot_id]
+            others = [u for u in plan if u.slot_id != slot.slot_id]
+            self._count(device, plan, f"job {msg.job_id} on slot {slot.slot_id}")
+            gov.ledger.forget(slot.slot_id, [u.load_key for u in own])
+            own_bytes = sum(u.size_bytes for u in own)
+            if others:
+                await self._unload_and_wait(device, others, need - own_bytes, msg.job_id)
+            gov.meter.load_granted(
+                slot.slot_id, gov.readings[device].used_bytes, gov.process_bytes(slot), own_bytes
+            )
+            pending = self._pending[slot.slot_id] = _Pending(msg.load_key)
+            try:
+                await slot.send(
+                    ipc.LoadGrant(msg.job_id, True, unload_first=[u.load_key for u in own])
+                )
+                with anyio.move_on_after(gov.settings.load_timeout_s):
+                    await pending.done.wait()
+            finally:
+                self._pending.pop(slot.slot_id, None)
+
+    def _count(self, device: int, plan: Iterable[Unload], why: str) -> None:
+        for unload in plan:
+            self._gov.evictions[device] += 1
+            log.info(
+                "evicting %s (%s) from slot %s on gpu %d for %s",
+                unload.load_key,
+                gib(unload.size_bytes),
+                unload.slot_id,
+                device,
+                why,
+            )
+
+    async def _unload_and_wait(
+        self, device: int, plan: Sequence[Unload], need: int, job_id: str | None = None
+    ) -> None:
+        """Tell idle hosts to unload, and wait until NVML shows ``need`` free on ``device``
+        (bounded); hosts whose unload freed nothing in time are recycled."""
+        from supervisor.gpu.governor import RecycleCause
+
+        gov = self._gov
+        by_slot: dict[str, list[str]] = {}
+        for unload in plan:
+            by_slot.setdefault(unload.slot_id, []).append(unload.load_key)
+        before = {sid: gov.process_bytes(gov.slots[sid]) for sid in by_slot}
+        gov.meter.disturb(device)
+        for slot_id, keys in by_slot.items():
+            gov.ledger.forget(slot_id, keys)
+            await gov.slots[slot_id].send(ipc.Unload(keys))
+        if await self._wait_free(device, need, job_id):
+            return
+        timeout_s = gov.settings.unload_timeout_s
+        for slot_id, keys in by_slot.items():
+            slot = gov.slots[slot_id]
+            now, then = gov.process_bytes(slot), before[slot_id]
+            if now is not None and then is not None and now < then:
+                continue  # this one did free memory; someone else holds the rest
+            log.warning(
+                "slot %s was told to unload %s and freed nothing within %.0f s; recycling it",
+                slot_id,
+                ", ".join(keys),
+                timeout_s,
+            )
+            slot.recycle(
+                RecycleCause.UNLOAD_STUCK,
+                f"freed no GPU memory within {timeout_s:.0f} s of an unload",
+            )
+        await self._wait_free(device, need, job_id)
+
+    async def _wait_free(self, device: int, need: int, job_id: str | None) -> bool:
+        """Until ``need`` is free on ``device`` (not counting ``job_id``'s own reservation),
+        or the unload timeout."""
+        gov = self._gov
+        with anyio.move_on_after(gov.settings.unload_timeout_s):
+            while True:
+                await gov.sample()
+                if gov.device_rooms(except_job=job_id)[device].free_bytes >= need:
+                    return True
+                await anyio.sleep(gov.settings.sample_interval_s)
+        return False
+
+    async def relieve(self, slot: GovernedSlot) -> None:
+        """Before the one local retry of an out-of-memory job: unload what idle slots on
+        the slot's GPU keep loaded (not the slot's own: its retry needs it)."""
+        gov = self._gov
+        device = slot.device_index
+        if device is None or not gov.settings.governed:
+            return
+        async with self._lock(device):
+            plan = [
+                Unload(room.slot_id, m.load_key, m.size_bytes)
+                for room in gov.slot_rooms()
+                if room.device == device and room.idle and room.slot_id != slot.slot_id
+                for m in room.models
+            ]
+            if not plan:
+                return
+            self._count(device, plan, f"the retry of an out-of-memory job on {slot.slot_id}")
+            target = gov.device_rooms()[device].free_bytes + sum(u.size_bytes for u in plan)
+            await self._unload_and_wait(device, plan, target)

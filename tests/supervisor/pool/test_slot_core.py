@@ -1,0 +1,323 @@
+"""The pure slot core, driven through scenario tables: no event loop, no process, no clock.
+
+Each scenario is a list of steps; a step applies one event (a spawn, a message, a tick at
+time t, an exit, a drain, a reservation) and names what the core must answer: the state,
+the verdict's cause, the job's fate, the next step between generations. The real-process
+tests (test_pool.py) drive the same core through real hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from protocol import ipc
+from supervisor.pool.policies import PoisonJobs, RecycleLimits
+from supervisor.pool.settings import PoolSettings
+from supervisor.pool.slot_core import ExpectedDevice, SlotCore, Spawn, Stop, Wait
+from supervisor.pool.slot_state import SlotState
+from supervisor.pool.verdict import LossCause, Verdict
+
+S = SlotState
+SETTINGS = PoolSettings(
+    models_root=Path("/nonexistent"),
+    ready_timeout_s=10,
+    heartbeat_timeout_idle_s=5,
+    heartbeat_timeout_busy_s=20,
+    stall_timeout_s=60,
+    restart_backoff_base_s=1,
+    restart_backoff_max_s=8,
+    crash_loop_max=3,
+    crash_loop_window_s=100,
+    crash_loop_cooldown_s=300,
+    recycle=RecycleLimits(after_jobs=0, rss_growth_bytes=1000, vram_growth_bytes=0),
+)
+GPU0 = ExpectedDevice(0, "Sim 24G", "GPU-aaaa", must_compute_there=True)
+
+Step = tuple[str, Callable[[SlotCore], object], object]
+
+
+def ready_msg(compute: ipc.ComputeDevice | None = None) -> ipc.Ready:
+    return ipc.Ready(
+        ipc.IPC_VERSION,
+        "tok",
+        "sdcpp",
+        "s.1",
+        42,
+        {"image": ["m"]},
+        {},
+        compute or ipc.ComputeDevice("cpu"),
+    )
+
+
+def beat(state: str = "idle", rss: int = 100, loads: int = 1, seq: int = 0, jobs: int = 0):  # type: ignore[no-untyped-def]
+    return ipc.HostHeartbeat(state, None, rss, None, jobs, loads, seq)  # type: ignore[arg-type]
+
+
+def cause(verdict: Verdict | None) -> LossCause | None:
+    return None if verdict is None else verdict.cause
+
+
+# --- steps (each returns what the core answered) -------------------------------------------
+
+
+def spawn(t: float) -> Callable[[SlotCore], object]:
+    def go(core: SlotCore) -> object:
+        core.spawned(t)
+        return core.state
+
+    return go
+
+
+def ready(t: float, *, authentic: bool = True, compute: ipc.ComputeDevice | None = None):  # type: ignore[no-untyped-def]
+    return lambda core: cause(core.ready_received(ready_msg(compute), authentic=authentic, now=t))
+
+
+def heartbeat(t: float, **kw: object):  # type: ignore[no-untyped-def]
+    return lambda core: cause(core.heartbeat_received(beat(**kw), t))  # type: ignore[arg-type]
+
+
+def tick(t: float):  # type: ignore[no-untyped-def]
+    return lambda core: cause(core.tick(t))
+
+
+def reserve(core: SlotCore) -> object:
+    core.reserve()
+    return core.is_free
+
+
+def start(job: str, t: float, deadline_s: float = 30.0):  # type: ignore[no-untyped-def]
+    def go(core: SlotCore) -> object:
+        refused = core.start_job(job, deadline_s, t)
+        return core.state if refused is None else refused.reason
+
+    return go
+
+
+def end(job: str, *, oom: bool = False):  # type: ignore[no-untyped-def]
+    def go(core: SlotCore) -> object:
+        return (core.job_ended(job, out_of_memory=oom), core.state, core.is_free)
+
+    return go
+
+
+def drain(*, forced: bool = False):  # type: ignore[no-untyped-def]
+    return lambda core: (cause(core.request_drain(forced=forced)), core.state)
+
+
+def lose(loss: LossCause, t: float, detail: str = "died (killed by SIGKILL)"):  # type: ignore[no-untyped-def]
+    """The generation ends with this verdict: leave, then settle; returns the lost job's
+    (reason, retryable) or None, whether the slot parked, and the state."""
+
+    def go(core: SlotCore) -> object:
+        verdict = Verdict(loss, detail)
+        core.leave_generation(verdict)
+        settled = core.settle(verdict, "exit text", t)
+        lost = settled.lost
+        fate = None if lost is None else (lost.outcome.reason, lost.outcome.retryable)
+        return (fate, settled.parked, core.state)
+
+    return go
+
+
+def next_step(t: float):  # type: ignore[no-untyped-def]
+    return lambda core: core.next_step(t)
+
+
+def stop(core: SlotCore) -> object:
+    core.stop()
+    return core.state
+
+
+SCENARIOS: dict[str, list[Step]] = {
+    "a normal life": [
+        ("first spawn", next_step(0), Spawn()),
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0.5), None),
+        ("free", lambda c: c.is_free, True),
+        ("reserve", reserve, False),
+        ("start", start("j1", 1), S.BUSY),
+        ("done", end("j1"), (True, S.READY, True)),
+        ("a stray result", end("j1"), (False, S.READY, True)),
+        ("drain", drain(), (LossCause.DRAIN, S.READY)),
+        ("leave", lose(LossCause.DRAIN, 2, "shutting down"), (None, False, S.STOPPED)),
+        ("after", next_step(3), Stop()),
+    ],
+    "ready timeout, then backoff doubles and a crash loop parks": [
+        ("spawned", spawn(0), S.STARTING),
+        ("quiet", tick(9), None),
+        ("too late", tick(11), LossCause.READY_TIMEOUT),
+        ("lost", lose(LossCause.READY_TIMEOUT, 11), (None, False, S.RESTARTING)),
+        ("backs off 1 s", next_step(11), Wait(12)),
+        ("then spawns", next_step(12), Spawn()),
+        ("spawned", spawn(12), S.STARTING),
+        ("lost again", lose(LossCause.EXIT, 13), (None, False, S.RESTARTING)),
+        ("backs off 2 s", next_step(13), Wait(15)),
+        ("spawned", spawn(15), S.STARTING),
+        ("third loss parks", lose(LossCause.SIGNAL, 16), (None, True, S.FAILED)),
+        ("for the cool-down", next_step(16), Wait(316)),
+        ("then starts clean", next_step(316), Spawn()),
+        ("spawned", spawn(316), S.STARTING),
+        (
+            "one more loss backs off 1 s again",
+            lose(LossCause.EXIT, 317),
+            (None, False, S.RESTARTING),
+        ),
+        ("fresh backoff", next_step(317), Wait(318)),
+    ],
+    "a job that kills two hosts is poison": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve, False),
+        ("start", start("p", 1), S.BUSY),
+        (
+            "first loss: retryable",
+            lose(LossCause.SIGNAL, 2),
+            (("signal", True), False, S.RESTARTING),
+        ),
+        ("spawned", spawn(3), S.STARTING),
+        ("ready", ready(3), None),
+        ("reserve", reserve, False),
+        ("start again", start("p", 4), S.BUSY),
+        ("second loss: final", lose(LossCause.EXIT, 5), (("poison", False), False, S.RESTARTING)),
+    ],
+    "out of memory: no strike, no crash, one local retry held": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve, False),
+        ("start", start("m", 1), S.BUSY),
+        (
+            "host died of OOM",
+            lose(LossCause.VRAM_OOM, 2),
+            (("vram_oom", True), False, S.RESTARTING),
+        ),
+        ("held for the retry", lambda c: c.retry_pending("m"), True),
+        ("respawns at once", next_step(2), Spawn()),
+        ("spawned", spawn(2), S.STARTING),
+        ("ready", ready(2.5), None),
+        ("not free while held", lambda c: c.is_free, False),
+        ("the retry starts without a reservation", start("m", 3), S.BUSY),
+        ("fails OOM again", end("m", oom=True), (True, S.READY, True)),
+        ("no second hold", lambda c: c.retry_pending("m"), False),
+        ("never a crash", lambda c: c.crash_loop_count, 0),
+    ],
+    "a recycle waits for the job, then restarts politely": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("baseline after the load", heartbeat(0.1, rss=100, loads=1), None),
+        ("reserve", reserve, False),
+        ("start", start("r", 1), S.BUSY),
+        ("grown mid-job", heartbeat(1.5, state="generating", rss=5000, seq=1), None),
+        ("nothing planned mid-job", tick(1.6), None),
+        ("job done: not free any more", end("r"), (True, S.READY, False)),
+        ("recycle", tick(1.7), LossCause.RECYCLE),
+        ("leave", lose(LossCause.RECYCLE, 2, "RSS grew"), (None, False, S.RESTARTING)),
+        ("no backoff", next_step(2), Spawn()),
+    ],
+    "a drain lets the job finish": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve, False),
+        ("start", start("d", 1), S.BUSY),
+        ("drain", drain(), (None, S.DRAINING)),
+        ("still running", tick(2), None),
+        ("job done", end("d"), (True, S.DRAINING, False)),
+        ("now stop", tick(3), LossCause.DRAIN),
+        ("leave", lose(LossCause.DRAIN, 3, "shutting down"), (None, False, S.STOPPED)),
+    ],
+    "a forced drain fails the job retryable and stops": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve, False),
+        ("start", start("f", 1), S.BUSY),
+        ("drain", drain(), (None, S.DRAINING)),
+        ("force", drain(forced=True), (LossCause.FORCED, S.DRAINING)),
+        ("leave", lose(LossCause.FORCED, 2, "stopped"), (("shutdown", True), False, S.STOPPED)),
+        ("done", next_step(3), Stop()),
+    ],
+    "drained while backing off": [
+        ("spawned", spawn(0), S.STARTING),
+        ("lost", lose(LossCause.EXIT, 1), (None, False, S.RESTARTING)),
+        ("drain", drain(), (None, S.RESTARTING)),
+        ("loop ends", next_step(1), Stop()),
+        ("stopped", stop, S.STOPPED),
+    ],
+    "a bad handshake is a crash": [
+        ("spawned", spawn(0), S.STARTING),
+        ("forged ready", ready(0.1, authentic=False), LossCause.HANDSHAKE),
+    ],
+    "a hung host": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("beats", heartbeat(3), None),
+        ("quiet but within the idle limit", tick(7.9), None),
+        ("hang", tick(8.1), LossCause.HANG),
+    ],
+    "a GPU slot whose host came up on the CPU is parked at once": [
+        ("pin", lambda c: setattr(c, "expected", GPU0), None),
+        ("spawned", spawn(0), S.STARTING),
+        ("cpu", ready(0.2), LossCause.WRONG_DEVICE),
+        ("parked", lose(LossCause.WRONG_DEVICE, 0.3, "came up on the CPU"), (None, True, S.FAILED)),
+        ("for the cool-down", next_step(1), Wait(300.3)),
+    ],
+    "a GPU slot on its own card serves": [
+        ("pin", lambda c: setattr(c, "expected", GPU0), None),
+        ("spawned", spawn(0), S.STARTING),
+        ("right card", ready(0.2, compute=ipc.ComputeDevice("cuda", "H200", "GPU-aaaa")), None),
+        ("free", lambda c: c.is_free, True),
+    ],
+    "a GPU slot on another card is refused": [
+        ("pin", lambda c: setattr(c, "expected", GPU0), None),
+        ("spawned", spawn(0), S.STARTING),
+        (
+            "other card",
+            ready(0.2, compute=ipc.ComputeDevice("cuda", "H200", "GPU-bbbb")),
+            LossCause.WRONG_DEVICE,
+        ),
+    ],
+    "the governor's recycle waits for an idle host": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve, False),
+        (
+            "asked while reserved",
+            lambda c: c.request_recycle(LossCause.UNLOAD_STUCK, "freed nothing"),
+            None,
+        ),
+        ("not yet", tick(1), None),
+        ("start", start("u", 1), S.BUSY),
+        ("done", end("u"), (True, S.READY, False)),
+        ("now", tick(2), LossCause.UNLOAD_STUCK),
+        (
+            "not a crash",
+            lose(LossCause.UNLOAD_STUCK, 2, "freed nothing"),
+            (None, False, S.RESTARTING),
+        ),
+        ("at once", next_step(2), Spawn()),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario(name: str) -> None:
+    core = SlotCore("sdcpp-gpu0-0", "sdcpp", SETTINGS, PoisonJobs(strikes=2))
+    for what, action, expected in SCENARIOS[name]:
+        got = action(core)
+        assert got == expected, f"{name}: step {what!r}: expected {expected!r}, got {got!r}"
+
+
+def test_reserving_a_slot_that_is_not_free_is_a_bug() -> None:
+    core = SlotCore("s", "synthetic", SETTINGS, PoisonJobs())
+    with pytest.raises(RuntimeError, match="not free"):
+        core.reserve()
+
+
+def test_a_job_started_without_a_reservation_is_refused_retryable() -> None:
+    core = SlotCore("s", "synthetic", SETTINGS, PoisonJobs())
+    core.spawned(0)
+    core.ready_received(ready_msg(), authentic=True, now=0)
+    refused = core.start_job("x", 30, 1)
+    assert refused is not None and refused.retryable and refused.reason == "not_ready"
+    assert core.state is S.READY
