@@ -5,10 +5,12 @@ overlap and a model is never freed under a running job. Its messages go to the m
 thread over an ``inproc`` PAIR socket (ZeroMQ sockets belong to one thread); each starts with
 a one-byte marker frame saying whether it ends the job, so only the main thread decides when
 the host is free again. Message order for one job: (with ``--ask-before-load``, at each load:
-``Resident`` as it is after any eviction, then ``LoadRequest``, and the wait for the grant),
-``Progress``/``HostLog`` lines, then a fresh ``HostHeartbeat``, ``Resident`` and finally
-``JobDone`` or ``JobFailed``. An ``Unload`` answers with ``Resident``, a ``Probe`` with
-``ProbeResult``. It never reads the supervisor's socket.
+``Resident`` if an eviction changed it, then ``LoadRequest``, and the wait for the grant),
+``Progress``/``HostLog`` lines, then a fresh ``HostHeartbeat``, ``Resident`` if what is loaded
+changed, and finally ``JobDone`` or ``JobFailed``. An ``Unload`` answers with ``Resident`` if
+it changed anything, a ``Probe`` with ``ProbeResult``. ``Resident`` is only sent on a change
+(most jobs change nothing, and a message per job costs the IPC path). It never reads the
+supervisor's socket.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class JobThread(threading.Thread):
         self.work: queue.Queue[Work | None] = queue.Queue()
         self._send_lock = threading.Lock()
         self._sock: zmq.Socket[bytes] | None = None
+        self._reported: list[ipc.ResidentModel] = []  # a new host holds nothing
 
     def run(self) -> None:
         self._sock = self._context.socket(zmq.PAIR)
@@ -176,11 +179,16 @@ class JobThread(threading.Thread):
             self.send(ipc.ProbeResult(True, detail))
 
     def _send_resident(self) -> None:
+        """What the engine keeps loaded, when it changed since the last report (most jobs
+        change nothing: a message per job would cost the IPC path for nothing)."""
         try:
             models = self._host.engine.resident()
         except Exception:  # an engine bug: say nothing rather than something false
             traceback.print_exc()
             return
+        if models == self._reported:
+            return
+        self._reported = models
         self.send(ipc.Resident(models))
 
     def _progress_fn(self, job_id: str) -> ProgressFn:

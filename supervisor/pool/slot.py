@@ -266,7 +266,7 @@ class Slot:
         if refused is not None:
             return refused
         caller = self._callers[run.job_id] = _Caller(on_progress)
-        if self.gpu is not None:
+        if self.gpu is not None and self.pin is not None:
             key = load_key(self.engine, run.model, run.model_source, run.task)
             self.gpu.job_started(self, run.job_id, key)
         assert self.host is not None

@@ -11,6 +11,7 @@ socket closed with ``linger=0`` and the context terminated, so nothing leaks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ class HostUnderTest:
     identity: bytes
     log_path: Path
     ready: ipc.Ready | None = None
+    # The host reports what it keeps loaded only when that changed: the latest report.
+    last_resident: ipc.Resident = dataclasses.field(default_factory=lambda: ipc.Resident([]))
 
     @property
     def pid(self) -> int:
@@ -57,7 +60,10 @@ class HostUnderTest:
             raise AssertionError(f"no message from the host in {timeout_s} s; log:\n{self.log()}")
         identity, header, *_payload = self.router.recv_multipart()
         assert identity == self.identity
-        return ipc.decode_host(header)
+        msg = ipc.decode_host(header)
+        if isinstance(msg, ipc.Resident):
+            self.last_resident = msg
+        return msg
 
     def next(self, timeout_s: float = WAIT_S) -> ipc.HostMessage:
         """The next message that is not a heartbeat, progress or log line."""

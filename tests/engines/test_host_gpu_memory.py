@@ -76,19 +76,25 @@ def run_job(job_id: str, model: str = "m", gib: float = 2) -> ipc.RunJob:
     return ipc.RunJob(job_id, model, task, SOURCE, 60.0, vram_estimate_bytes=int(gib * GIB))
 
 
+def request(host: HostUnderTest) -> ipc.LoadRequest:
+    """The next load request; only a ``Resident`` (what changed by evicting) may come first."""
+    seen, asked = host.until(ipc.LoadRequest)
+    assert all(isinstance(m, ipc.Resident) for m in seen), seen
+    return asked
+
+
 def grant_load(host: HostUnderTest, job_id: str, key: str, gib: float) -> None:
-    """Expect the load request (after ``Resident``) and grant it."""
-    host.expect(ipc.Resident)
-    assert host.expect(ipc.LoadRequest) == ipc.LoadRequest(job_id, key, int(gib * GIB))
+    """Expect the load request and grant it."""
+    assert request(host) == ipc.LoadRequest(job_id, key, int(gib * GIB))
     host.send(ipc.LoadGrant(job_id, granted=True))
 
 
 def finish(host: HostUnderTest) -> tuple[ipc.Resident, ipc.JobDone | ipc.JobFailed]:
-    """The ``Resident`` and the result that end a job, in that order."""
-    resident = host.expect(ipc.Resident)
-    result = host.next()
-    assert isinstance(result, ipc.JobDone | ipc.JobFailed), result
-    return resident, result
+    """What the host keeps loaded when the job ends (its latest ``Resident``, sent before
+    the result whenever it changed) and the result."""
+    seen, result = host.until(ipc.JobDone | ipc.JobFailed)  # type: ignore[arg-type]
+    assert all(isinstance(m, ipc.Resident) for m in seen), seen
+    return host.last_resident, result
 
 
 def test_a_load_waits_for_its_grant_and_the_model_stays_resident(sim: Sim) -> None:
@@ -96,9 +102,9 @@ def test_a_load_waits_for_its_grant_and_the_model_stays_resident(sim: Sim) -> No
         assert host.ready is not None
         assert host.ready.compute == ComputeDevice("simulated", "Sim 24G", UUID)
         host.send(run_job("job-1"))
-        assert host.expect(ipc.Resident) == ipc.Resident([])
-        request = host.expect(ipc.LoadRequest)
-        assert request == ipc.LoadRequest("job-1", "synthetic:m", 2 * GIB)
+        seen, asked = host.until(ipc.LoadRequest)
+        assert seen == [], "nothing loaded, nothing changed: no Resident first"
+        assert asked == ipc.LoadRequest("job-1", "synthetic:m", 2 * GIB)
         assert sim.held(host.pid) == {}, "nothing is loaded before the grant"
         host.send(ipc.LoadGrant("job-0", granted=True))  # for no waiting load: dropped
         host.send(ipc.LoadGrant("job-1", granted=True))
@@ -125,11 +131,11 @@ def test_unload_answers_resident_and_frees_the_memory(sim: Sim) -> None:
         assert host.expect(ipc.Resident) == ipc.Resident([ResidentModel("synthetic:b", GIB)])
         assert sim.held(host.pid) == {"synthetic:b": GIB}
 
-        # A third model evicts the least recently used before it asks.
+        # A second model beside b fits the two warm places: nothing to evict, nothing to say.
         host.send(run_job("j3", "c", 1))
-        assert host.expect(ipc.Resident) == ipc.Resident([ResidentModel("synthetic:b", GIB)])
+        seen, _ = host.until(ipc.LoadRequest)
+        assert seen == []
         assert sim.held(host.pid) == {"synthetic:b": GIB}
-        host.expect(ipc.LoadRequest)
         host.send(run_job("j3-busy", "d", 1))  # one job at a time, waiting or not
         busy = host.expect(ipc.JobFailed)
         assert (busy.job_id, busy.reason) == ("j3-busy", "busy")
@@ -141,8 +147,7 @@ def test_unload_answers_resident_and_frees_the_memory(sim: Sim) -> None:
 def test_an_unload_queued_behind_a_job_runs_after_it(sim: Sim) -> None:
     with sim.host(ASK) as host:
         host.send(run_job("j1"))
-        host.expect(ipc.Resident)
-        host.expect(ipc.LoadRequest)
+        request(host)
         host.send(ipc.Unload(["synthetic:m"]))  # arrives mid-job: waits for the job's end
         host.send(ipc.LoadGrant("j1", granted=True))
         resident, done = finish(host)
@@ -166,8 +171,7 @@ def test_synthetic_nofree_keeps_its_memory_after_the_unload(sim: Sim) -> None:
 def test_a_refused_grant_fails_the_job_as_vram_unavailable(sim: Sim) -> None:
     with sim.host(ASK) as host:
         host.send(run_job("j1", "m", 6))
-        host.expect(ipc.Resident)
-        host.expect(ipc.LoadRequest)
+        request(host)
         host.send(ipc.LoadGrant("j1", granted=False, reason="6.0 GiB do not fit on GPU 0"))
         resident, failed = finish(host)
         assert isinstance(failed, ipc.JobFailed)
@@ -180,16 +184,14 @@ def test_a_refused_grant_fails_the_job_as_vram_unavailable(sim: Sim) -> None:
 def test_a_cancel_ends_the_wait_for_a_grant(sim: Sim) -> None:
     with sim.host(ASK) as host:
         host.send(run_job("j1"))
-        host.expect(ipc.Resident)
-        host.expect(ipc.LoadRequest)
+        request(host)
         host.send(ipc.CancelJob("j1"))
         _, failed = finish(host)
         assert isinstance(failed, ipc.JobFailed)
         assert failed.error == "cancelled"
         host.send(ipc.LoadGrant("j1", granted=True))  # late: dropped
         host.send(run_job("j2"))
-        host.expect(ipc.Resident)
-        assert host.expect(ipc.LoadRequest).job_id == "j2"
+        assert request(host).job_id == "j2"
         host.send(ipc.LoadGrant("j2", granted=True))
         _, done = finish(host)
         assert isinstance(done, ipc.JobDone)

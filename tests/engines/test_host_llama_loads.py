@@ -34,10 +34,11 @@ def test_a_llama_host_asks_before_each_load_and_keeps_two_warm(tmp_path: Path) -
         assert host.ready.compute == ComputeDevice("cpu")
         for job_id, name in (("j1", "a"), ("j2", "b")):
             host.send(chat(job_id, name))
-            host.expect(ipc.Resident)
-            assert host.expect(ipc.LoadRequest) == ipc.LoadRequest(job_id, key[name], sizes[name])
+            seen, asked = host.until(ipc.LoadRequest)
+            assert seen == [], "nothing was evicted: no Resident before the request"
+            assert asked == ipc.LoadRequest(job_id, key[name], sizes[name])
             host.send(ipc.LoadGrant(job_id, granted=True))
-            host.expect(ipc.Resident)
+            host.expect(ipc.Resident)  # the new model is in
             assert isinstance(host.expect(ipc.JobDone).json, dict)
 
         host.send(chat("j3", "a"))  # warm: straight to the result
@@ -53,8 +54,8 @@ def test_a_llama_host_asks_before_each_load_and_keeps_two_warm(tmp_path: Path) -
         assert evicted.models == [ResidentModel(key["a"], sizes["a"])]
         host.expect(ipc.LoadRequest)
         host.send(ipc.LoadGrant("j4", granted=False, reason="no room"))
-        assert host.expect(ipc.Resident) == evicted
-        failed = host.expect(ipc.JobFailed)
+        failed = host.expect(ipc.JobFailed)  # nothing changed: no Resident before it
+        assert host.last_resident == evicted
         assert (failed.reason, failed.retryable) == (ipc.REASON_NO_MEMORY, True)
 
         host.send(ipc.Unload([key["a"]]))
