@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{TOKEN_ENV} is not set; refusing to start", file=sys.stderr)
         return 2
 
-    from engines.host import EngineHost, HostOptions
+    from engines.host import EngineHost
+    from engines.host_options import HostOptions
     from engines.loader import create_engine
 
     if args.engine == "synthetic":

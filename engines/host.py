@@ -20,14 +20,13 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import assert_never
 
 import msgspec
 import zmq
 
 from engines.base import Engine
+from engines.host_options import HostOptions
 from engines.job_thread import EVENTS_ENDPOINT, MARK_FINAL, JobThread
 from engines.load_gate import LoadGate
 from engines.parent_watch import parent_alive
@@ -36,19 +35,6 @@ from protocol import ipc
 from protocol.ipc import HostState, ProgressPhase
 
 log = logging.getLogger("engines.host")
-
-
-@dataclass(frozen=True)
-class HostOptions:
-    engine: str
-    slot: str
-    endpoint: str
-    token: str
-    models_root: Path
-    parent_pid: int
-    heartbeat_s: float = 1.0
-    # Send ``LoadRequest`` and wait for ``LoadGrant`` before every model load.
-    ask_before_load: bool = False
 
 
 class EngineHost:

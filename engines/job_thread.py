@@ -21,19 +21,42 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, assert_never
+from typing import Final, Protocol, assert_never
 
 import zmq
 
-from engines.base import BinaryResult, JobContext, JsonResult, LogFn, ProgressFn, load_at_once
+from engines.base import (
+    BinaryResult,
+    Engine,
+    JobContext,
+    JsonResult,
+    LogFn,
+    ProgressFn,
+    load_at_once,
+)
 from engines.errors import EngineError, LoadRefused
+from engines.host_options import HostOptions
 from engines.job_failure import job_failed
+from engines.load_gate import LoadGate
 from engines.load_keys import load_key
 from protocol import ipc
 from protocol.ipc import LogLevelName, ProgressPhase
 
-if TYPE_CHECKING:
-    from engines.host import EngineHost
+
+class JobHost(Protocol):
+    """What the job thread needs of its host (``engines.host.EngineHost``): the engine, how
+    the host was started, the cancel flag, the load gate and the counters heartbeats carry."""
+
+    engine: Engine
+    options: HostOptions
+    cancelled: threading.Event
+    gate: LoadGate
+
+    def begin_job(self, job_id: str) -> None: ...
+    def end_job(self) -> None: ...
+    def heartbeat(self) -> ipc.HostHeartbeat: ...
+    def note_progress(self, phase: ProgressPhase) -> None: ...
+
 
 log = logging.getLogger("engines.host")
 
@@ -48,7 +71,7 @@ Work = ipc.RunJob | ipc.Unload | ipc.Probe
 class JobThread(threading.Thread):
     """Runs the queued work and reports everything through its own PAIR socket."""
 
-    def __init__(self, host: EngineHost, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(self, host: JobHost, context: zmq.Context[zmq.Socket[bytes]]) -> None:
         super().__init__(name="job", daemon=True)
         self._host = host
         self._context = context

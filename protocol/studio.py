@@ -147,6 +147,8 @@ class ReadyForMore(_Inbound, tag="readyForMore"):
 
 
 WorkerInbound = Hello | Heartbeat | Accept | Reject | CompleteJson | Fail | LogBatch | ReadyForMore
+"""Frames the worker SENDS (worker -> studio). The name is the studio's own (protocol.md
+§2.3): "inbound" from the studio's side, which is why it reads backwards here."""
 
 # --- studio -> worker ---------------------------------------------------------------------
 
@@ -192,6 +194,8 @@ class Error(_Outbound, tag="error"):
 
 
 WorkerOutbound = Welcome | Offer | HeartbeatAck | CompleteAck | FailAck | Error
+"""Frames the worker RECEIVES (studio -> worker). The name is the studio's own (protocol.md
+§2.3): "outbound" from the studio's side."""
 
 # --- registration (HTTP, §6.2) ------------------------------------------------------------
 

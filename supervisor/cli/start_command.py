@@ -18,9 +18,9 @@ from typing import Final, get_args
 
 from engines.cpu_threads import THREADS_ENV, parse_threads_override
 from supervisor.cli.local_launch import local_config_path, local_studio
+from supervisor.cli.logging_setup import configure_logging
 from supervisor.config import LogFormat, load_config
 from supervisor.errors import UsageError
-from supervisor.logging_setup import configure_logging
 from supervisor.runtime import StartOptions, check_start, run_supervisor
 from supervisor.studio.registration import POLL_INTERVAL_S
 

@@ -16,13 +16,10 @@ package never imports the pool.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final, Protocol
 
 import anyio
 import anyio.abc
@@ -38,52 +35,14 @@ from supervisor.gpu.admission import (
 )
 from supervisor.gpu.facts import GpuDevice, GpuReadError, GpuSourceWithXid, XidEvent
 from supervisor.gpu.health import DeviceHealth
+from supervisor.gpu.health_watch import HealthWatch
 from supervisor.gpu.ledger import MemoryLedger, Reservation
 from supervisor.gpu.loads import LoadBroker
 from supervisor.gpu.meter import LoadMeter
 from supervisor.gpu.picture import MemoryPicture
+from supervisor.gpu.slot_contract import GovernedSlot, GpuSettings
 
 log = logging.getLogger("supervisor.gpu")
-
-MIB: Final = 2**20
-
-
-@dataclass(frozen=True)
-class GpuSettings:
-    governed: bool = True  # config ``gpu_governance``
-    headroom_bytes: int = 1024 * MIB  # config ``vram_headroom_mb``
-    max_warm_models: int = 1
-    keep_alive_s: float = 0.0  # 0: never unload for idleness
-    unload_timeout_s: float = 20.0
-    sample_interval_s: float = 1.0
-    load_timeout_s: float = 300.0
-    probe_bytes: int = 64 * MIB
-
-
-class RecycleCause(enum.StrEnum):
-    """Why the governor wants a slot's host replaced (the slot's loss cause of that name)."""
-
-    UNLOAD_STUCK = "unload_stuck"  # told to unload, freed nothing in time
-    PROBE_FAILED = "probe_failed"  # its GPU probe failed
-
-
-class GovernedSlot(Protocol):
-    """What the governor needs of one engine slot (``supervisor.pool.slot.Slot``)."""
-
-    @property
-    def slot_id(self) -> str: ...
-    @property
-    def engine(self) -> str: ...
-    @property
-    def device_index(self) -> int | None: ...
-    @property
-    def pid(self) -> int | None: ...
-    @property
-    def is_free(self) -> bool: ...
-    @property
-    def is_idle(self) -> bool: ...
-    async def send(self, msg: ipc.SupervisorMessage) -> bool: ...
-    def recycle(self, cause: RecycleCause, detail: str) -> None: ...
 
 
 class GpuGovernor:
@@ -105,11 +64,13 @@ class GpuGovernor:
         self.meter = LoadMeter()
         self.loads = LoadBroker(self)
         self._running: dict[str, str] = {}  # slot id -> job id, for the meter
+        self._sampled = anyio.Event()
         self._tickets = 0  # reads started
         self._applied = 0  # the newest read whose result is in ``readings``
         self._tg: anyio.abc.TaskGroup | None = None
-        # NVML reported a critical error (XID) on a card: the pool hands it to health.
-        self.on_xid: Callable[[int, int], None] = lambda device, xid: None
+        self.watch = HealthWatch(
+            self.health, lambda: self.readings, self.spawn, settings.probe_bytes, on_change
+        )
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -152,10 +113,16 @@ class GpuGovernor:
             log.warning("reading the GPUs failed: %s", exc)
             return
         for event in xids:
-            self.on_xid(event.device_index, event.xid)
+            self.watch.xid(event.device_index, event.xid)
         if ticket > self._applied:
             self._applied = ticket
             self.readings = {d.index: d for d in devices}
+            self._sampled.set()
+            self._sampled = anyio.Event()
+
+    async def next_sample(self) -> None:
+        """Until the next reading of the GPUs is in (every ``sample_interval_s``)."""
+        await self._sampled.wait()
 
     # --- what routing and the status surfaces read ------------------------------------------
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 
 from protocol import ipc
 from supervisor.gpu.facts import GpuDevice
-from supervisor.gpu.governor import GovernedSlot, RecycleCause
 from supervisor.gpu.health import DeviceHealth, GpuHealth
+from supervisor.gpu.slot_contract import GovernedSlot, RecycleCause
 
 log = logging.getLogger("supervisor.gpu")
 

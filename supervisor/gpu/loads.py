@@ -13,17 +13,19 @@ one load. ``relieve`` frees a card for the one local retry of an out-of-memory j
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
 from protocol import ipc
-from supervisor.gpu.admission import Unload, gib, need_bytes, plan_unloads
-
-if TYPE_CHECKING:
-    from supervisor.gpu.governor import GovernedSlot, GpuGovernor
+from supervisor.gpu.admission import DeviceRoom, SlotRoom, Unload, gib, need_bytes, plan_unloads
+from supervisor.gpu.facts import GpuDevice
+from supervisor.gpu.ledger import MemoryLedger
+from supervisor.gpu.meter import LoadMeter
+from supervisor.gpu.slot_contract import GovernedSlot, GpuSettings, RecycleCause
 
 log = logging.getLogger("supervisor.gpu")
 
@@ -36,8 +38,26 @@ class _Pending:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
+class BrokerHost(Protocol):
+    """What the broker reads and drives of the governor that owns it."""
+
+    settings: GpuSettings
+    ledger: MemoryLedger
+    meter: LoadMeter
+    evictions: Counter[int]
+
+    @property
+    def readings(self) -> Mapping[int, GpuDevice]: ...
+    @property
+    def slots(self) -> Mapping[str, GovernedSlot]: ...
+    async def sample(self) -> None: ...
+    def slot_rooms(self) -> list[SlotRoom]: ...
+    def device_rooms(self, *, except_job: str | None = None) -> dict[int, DeviceRoom]: ...
+    def process_bytes(self, slot: GovernedSlot) -> int | None: ...
+
+
 class LoadBroker:
-    def __init__(self, governor: GpuGovernor) -> None:
+    def __init__(self, governor: BrokerHost) -> None:
         self._gov = governor
         self._locks: dict[int, anyio.Lock] = {}
         self._pending: dict[str, _Pending] = {}  # by slot id
@@ -129,8 +149,6 @@ class LoadBroker:
     ) -> None:
         """Tell idle hosts to unload, and wait until NVML shows ``need`` free on ``device``
         (bounded); hosts whose unload freed nothing in time are recycled."""
-        from supervisor.gpu.governor import RecycleCause
-
         gov = self._gov
         by_slot: dict[str, list[str]] = {}
         for unload in plan:

@@ -30,7 +30,6 @@ from engines.cpu_threads import (
 )
 from protocol.tasks import TASK_KINDS
 from supervisor.gpu.governor import GpuGovernor
-from supervisor.gpu.health_watch import HealthWatch
 from supervisor.gpu.picture import MemoryPicture
 from supervisor.pool.gpu_setup import GpuSetup
 from supervisor.pool.ipc_router import IpcRouter
@@ -70,23 +69,14 @@ class EnginePool:
         self.poison = PoisonJobs(settings.poison_strikes)
         self._listeners: list[Callable[[], None]] = []
         self.gpu = GpuGovernor(gpus.source, gpus.devices, gpus.settings, self._changed)
-        self.health = HealthWatch(
-            self.gpu.health,
-            lambda: self.gpu.readings,
-            self.gpu.spawn,
-            gpus.settings.probe_bytes,
-            self._changed,
-        )
-        self.gpu.on_xid = self.health.xid
         self.slots = [
             Slot(
                 spec,
                 settings,
                 self.router,
                 self.poison,
+                self.gpu,
                 self._changed,
-                gpu=self.gpu,
-                health=self.health,
                 pin=gpus.pins.get(spec.gpu) if spec.gpu is not None else None,
             )
             for spec in specs

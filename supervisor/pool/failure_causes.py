@@ -17,7 +17,7 @@ from typing import Final
 
 from engines.cpu_threads import cgroup_paths
 from engines.failure_text import FailureKind, first_failure
-from supervisor.pool.verdict import LossCause
+from supervisor.pool.verdict import LossCause, Verdict
 
 # A native fault other than out-of-memory: the driver or the card may be at fault.
 _FAULT_SIGNALS: Final = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT})
@@ -152,3 +152,26 @@ def read_oom_kill_count(
         mount = cgroup_root / "memory"
         counts.append(_cgroup_counter(mount, v1, "memory.oom_control", ancestors=False))
     return next((count for count in counts if count is not None), None)
+
+
+def death_verdict(
+    returncode: int,
+    described: str,
+    *,
+    we_killed: bool,
+    stderr_tail: Sequence[str],
+    oom_kills_grew: bool,
+) -> Verdict:
+    """The verdict for a host that died: its cause (``classify_host_loss``) and the words
+    for the operator (``described`` is the exit, e.g. ``killed by SIGSEGV``)."""
+    cause = classify_host_loss(
+        returncode=returncode,
+        we_killed=we_killed,
+        stderr_tail=stderr_tail,
+        oom_kills_grew=oom_kills_grew,
+    )
+    if cause is LossCause.VRAM_OOM:
+        return Verdict(cause, f"ran out of GPU memory and died ({described})")
+    if cause is LossCause.RAM_OOM:
+        return Verdict(cause, f"was killed by the kernel's out-of-memory killer ({described})")
+    return Verdict(cause, f"died ({described})")

@@ -24,12 +24,12 @@ from engines.simulated_gpu import ALLOC_DIR_ENV, CONFIG_ENV
 from supervisor.config import WorkerConfig
 from supervisor.errors import UsageError
 from supervisor.gpu.facts import GpuDevice, GpuSourceWithXid
-from supervisor.gpu.governor import MIB, GpuSettings
 from supervisor.gpu.pinning import CUDA_VISIBLE_DEVICES, describe_devices, pin_slots
+from supervisor.gpu.slot_contract import MIB, GpuSettings
 from supervisor.gpu.sources import open_gpu_source
 from supervisor.gpu.vulkan_order import read_vulkan_order
-from supervisor.pool.slot import Pin
 from supervisor.pool.slot_spec import SlotSpec
+from supervisor.pool.slot_views import Pin
 
 log = logging.getLogger("supervisor.gpu")
 
@@ -87,7 +87,9 @@ def prepared_gpus(
     try:
         devices = tuple(source.read()) if source is not None else ()
         pins = _pins(specs, devices, env, simulated) if source is not None else {}
-        if source is not None:
+        if source is None:
+            log.info("no NVIDIA GPU found; advertising vram=0")
+        else:
             log.info("%s (%s)", describe_devices(devices), source.kind)
         yield GpuSetup(source, devices, pins, settings)
     finally:

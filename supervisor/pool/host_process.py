@@ -15,9 +15,11 @@ import secrets
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
@@ -58,6 +60,15 @@ class LaunchOptions:
     max_warm_models: int = 1
 
 
+STDERR_TAIL_LINES: Final = 40  # what a host said last, for the cause of its death
+_OUTPUT_LEVELS: Final = {
+    "DEBUG": logging.DEBUG,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.ERROR,
+}
+
+
 class HostProcess:
     def __init__(self, process: Process, identity: str, token: str, spec: SlotSpec) -> None:
         self.process = process
@@ -67,6 +78,19 @@ class HostProcess:
         self.exit: ExitInfo | None = None
         self.exited = anyio.Event()
         self.started = time.monotonic()
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._output_log = logging.getLogger(f"engines.{spec.engine}")
+
+    def log_line(self, stream: str, line: str) -> None:
+        """One line the host wrote, into the supervisor's log (logger ``engines.<engine>``,
+        level from the line's first word); stderr's last lines are kept for its death."""
+        if not line:
+            return
+        if stream == "stderr":
+            self.stderr_tail.append(line)
+        level = _OUTPUT_LEVELS.get(line.split(" ", 1)[0], logging.INFO)
+        pid = self.pid if self.exit is None else "-"
+        self._output_log.log(level, "%s slot=%s pid=%s", line, self.spec.slot_id, pid)
 
     @property
     def pid(self) -> int:

@@ -12,9 +12,7 @@ argument, so scenario tables test it without a clock.
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
-from dataclasses import dataclass
 from typing import Final, assert_never
 
 from protocol import ipc
@@ -23,90 +21,21 @@ from supervisor.pool.liveness import RunningJobTimes, liveness_verdict
 from supervisor.pool.policies import CrashLoopDetector, PoisonJobs, backoff_s, recycle_reason
 from supervisor.pool.settings import PoolSettings
 from supervisor.pool.slot_state import SlotEvent, SlotState, slot_machine
+from supervisor.pool.slot_steps import (
+    Drain,
+    ExpectedDevice,
+    JobRecord,
+    LostJob,
+    NextStep,
+    Settled,
+    Spawn,
+    Stop,
+    Wait,
+    lost_job_failure,
+)
 from supervisor.pool.verdict import LossCause, Verdict
 
-REASON_SHUTDOWN: Final = "shutdown"
-REASON_POISON: Final = "poison"
 REASON_NOT_READY: Final = "not_ready"
-
-
-class Drain(enum.Enum):
-    NO = "no"
-    POLITE = "polite"  # finish the running job, then stop
-    FORCED = "forced"  # stop now, failing a running job retryable
-
-
-@dataclass
-class JobRecord:
-    job_id: str
-    started: float
-    deadline_s: float
-    progress_at: float
-    attempt: int  # 1, or 2 for the one local retry after an out-of-memory failure
-
-    @property
-    def deadline(self) -> float:
-        return self.started + self.deadline_s
-
-
-@dataclass(frozen=True)
-class Spawn:
-    """Start a new host generation now."""
-
-
-@dataclass(frozen=True)
-class Wait:
-    """Nothing to do before ``until`` (monotonic), unless a drain is requested."""
-
-    until: float
-
-
-@dataclass(frozen=True)
-class Stop:
-    """The slot is done: leave the loop."""
-
-
-NextStep = Spawn | Wait | Stop
-
-
-@dataclass(frozen=True)
-class LostJob:
-    job_id: str
-    outcome: JobFailedOutcome
-
-
-@dataclass(frozen=True)
-class Settled:
-    """What the end of a host generation meant: the job it took down, and whether the slot
-    is now parked."""
-
-    lost: LostJob | None
-    parked: bool
-
-
-@dataclass(frozen=True)
-class ExpectedDevice:
-    """The GPU a slot is pinned to, and whether its engine must compute there."""
-
-    index: int  # engine@N
-    name: str
-    uuid: str
-    must_compute_there: bool  # llama/sdcpp, or any engine on a simulated GPU
-
-    def mismatch(self, compute: ipc.ComputeDevice) -> str | None:
-        """Why a host's ``Ready`` shows it is not computing on this GPU, or None."""
-        if not self.must_compute_there:
-            return None
-        where = f"GPU {self.index} ({self.name}, {self.uuid})"
-        if compute.backend == "cpu":
-            return (
-                f"came up on the CPU, not on {where}: its inference library was built "
-                "without GPU support (see the operator guide, GPU builds)"
-            )
-        if compute.uuid and compute.uuid != self.uuid:
-            seen = f"{compute.name or 'another GPU'} ({compute.uuid})"
-            return f"came up on {seen}, not on {where}"
-        return None
 
 
 class SlotCore:
@@ -436,30 +365,9 @@ class SlotCore:
         self.job = None
         if verdict.cause is LossCause.VRAM_OOM and job.attempt == 1:
             self.held_for = job.job_id
-        return LostJob(job.job_id, self._failure_for(job, verdict))
-
-    def _failure_for(self, job: JobRecord, verdict: Verdict) -> JobFailedOutcome:
-        job_id = job.job_id
-        if verdict.final:
-            return JobFailedOutcome(
-                f"worker shut down before job {job_id} finished on the {self.engine} engine",
-                True,
-                REASON_SHUTDOWN,
-            )
-        text = (
-            f"{self.engine} engine host (slot {self.slot_id}) {verdict.detail} during job {job_id}"
+        return LostJob(
+            job.job_id, lost_job_failure(self.engine, self.slot_id, job, verdict, self._poison)
         )
-        if not verdict.strikes_job:
-            return JobFailedOutcome(text, True, verdict.cause.value)
-        strikes = self._poison.record(job_id)
-        if self._poison.is_poison(job_id):
-            return JobFailedOutcome(
-                f"{text}; this job has now taken down an engine host {strikes} times, "
-                "so it is not retried",
-                False,
-                REASON_POISON,
-            )
-        return JobFailedOutcome(text, True, verdict.cause.value)
 
     def stop(self) -> None:
         """The driver's loop is over: end in STOPPED from wherever the slot stands."""

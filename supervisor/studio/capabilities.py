@@ -6,7 +6,7 @@ from protocol.studio import Capabilities
 from protocol.tasks import TASK_KINDS, TaskKindName
 from supervisor import __version__
 from supervisor.config import WorkerConfig
-from supervisor.machine_facts import machine_name, total_vram_gb, user_name
+from supervisor.machine_facts import machine_name, user_name
 
 ENGINE_NAME = "multi"
 
@@ -17,12 +17,12 @@ def build_capabilities(
     *,
     paused: bool,
     max_concurrent_jobs: int,
-    vram_gb: tuple[float, float] | None = None,
+    vram_gb: tuple[float, float],
 ) -> Capabilities:
-    """``vram_gb`` is (total, threshold) as the pool's GPU governor sees them now (the
-    threshold falls while a job could not fit); None: this machine's total and the config's
-    threshold."""
-    total_gb, threshold_gb = vram_gb or (total_vram_gb(), cfg.vram_threshold_gb)
+    """``vram_gb`` is (total, threshold) as the pool's GPU governor sees them now: every
+    card's memory, and the config's threshold lowered while a job that large could not fit
+    (``GpuGovernor.advertised_gb``)."""
+    total_gb, threshold_gb = vram_gb
     kinds: list[TaskKindName] = [k for k in TASK_KINDS if models_per_kind.get(k)]
     per_kind: dict[str, list[str]] = {k: list(models_per_kind[k]) for k in kinds}
     every = sorted({m for models in per_kind.values() for m in models})

@@ -96,12 +96,17 @@ async def worker(
         yield run, conn
 
 
-async def until(what: str, check: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
-    """Poll a condition the pool reaches on its own (a sample, a restart): no event says it."""
-    with anyio.fail_after(timeout_s):
-        while not check():
-            await anyio.sleep(0.02)
-    assert check(), what
+async def until(
+    run: RunningSupervisor, what: str, check: Callable[[], bool], timeout_s: float = TIMEOUT_S
+) -> None:
+    """Re-check ``check`` after every reading of the simulated GPU (every 0.05 s here): the
+    conditions are the pool's own state, which the samples follow."""
+    try:
+        with anyio.fail_after(timeout_s):
+            while not check():
+                await run.sup.pool.gpu.next_sample()
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}") from None
 
 
 async def done(conn: PeerConnection, job_id: str) -> studio.CompleteJson:
@@ -142,7 +147,7 @@ async def test_a_job_for_the_other_slot_evicts_the_warm_model(sim_gpu, tmp_path)
         await conn.send(offer("j1", "model-x"))
         await done(conn, "j1")
         assert resident(run, a) == ["synthetic:model-x"]
-        await until("model-x is on the card", lambda: used_gib(run) >= 14)
+        await until(run, "model-x is on the card", lambda: used_gib(run) >= 14)
         await conn.send(offer("j2", "model-y"))
         await done(conn, "j2")
         assert resident(run, a) == [] and resident(run, b) == ["synthetic:model-y"]
@@ -150,7 +155,7 @@ async def test_a_job_for_the_other_slot_evicts_the_warm_model(sim_gpu, tmp_path)
         no_oom(run)
         # The ledger measured the load instead of trusting the estimate.
         ledger = run.sup.pool.gpu.ledger
-        await until("model-y measured", lambda: ledger.cost("synthetic:model-y") is not None)
+        await until(run, "model-y measured", lambda: ledger.cost("synthetic:model-y") is not None)
         cost = ledger.cost("synthetic:model-y")
         assert cost is not None and 13.9 * GIB < cost.size_bytes < 14.1 * GIB
 
@@ -164,13 +169,13 @@ async def test_busy_while_the_warm_model_is_in_use_then_served(sim_gpu, tmp_path
         # The same model again: it runs on a, where it is loaded, for 1.5 s.
         await conn.send(offer("slow", FaultModel.SLOW))
         assert (await conn.expect(studio.Accept, TIMEOUT_S)).job_id == "slow"
-        await until("a is busy", lambda: a.state is SlotState.BUSY)
+        await until(run, "a is busy", lambda: a.state is SlotState.BUSY)
         await conn.send(offer("j2", "model-y"))
         reject = await conn.expect(studio.Reject, TIMEOUT_S)
         assert (reject.job_id, reject.code) == ("j2", "busy")
         assert "do not fit now" in reject.reason
         await conn.expect(studio.CompleteJson, TIMEOUT_S)
-        await until("slot a is idle", lambda: a.is_idle)
+        await until(run, "slot a is idle", lambda: a.is_idle)
         await conn.send(offer("j2", "model-y"))
         await done(conn, "j2")
         no_oom(run)
@@ -226,7 +231,7 @@ async def test_an_unload_that_frees_nothing_recycles_that_host(sim_gpu, tmp_path
         await done(conn, "j2")
         # The card is free as soon as the old host is gone; the slot counts the restart
         # when it has reaped it, a moment later.
-        await until("a recycled", lambda: a.restarts == 1)
+        await until(run, "a recycled", lambda: a.restarts == 1)
         assert a.restart_causes == {"unload_stuck": 1}
         assert resident(run, b) == ["synthetic:model-y"]
         no_oom(run)
@@ -237,13 +242,13 @@ async def test_a_killed_hosts_models_leave_the_ledger(sim_gpu, tmp_path) -> None
         a, _ = slots(run)
         await conn.send(offer("j1", "model-x"))
         await done(conn, "j1")
-        await until("loaded", lambda: used_gib(run) >= 14)
+        await until(run, "loaded", lambda: used_gib(run) >= 14)
         old_pid = a.pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
-        await until("a new host", lambda: a.pid not in (None, old_pid))
+        await until(run, "a new host", lambda: a.pid not in (None, old_pid))
         assert resident(run, a) == []
-        await until("the card is free again", lambda: used_gib(run) < 1)
+        await until(run, "the card is free again", lambda: used_gib(run) < 1)
 
 
 async def test_a_segfault_makes_the_gpu_suspect_until_a_probe_passes(sim_gpu, tmp_path) -> None:
@@ -253,15 +258,17 @@ async def test_a_segfault_makes_the_gpu_suspect_until_a_probe_passes(sim_gpu, tm
         await conn.send(offer("segv", FaultModel.SEGV, gib=1))
         assert (await conn.expect(studio.Accept, TIMEOUT_S)).job_id == "segv"
         assert (await conn.expect(studio.Fail, TIMEOUT_S)).retryable
-        await until("suspect", lambda: gpu.health[0].state is not GpuHealth.HEALTHY)
-        await until("probed and still suspect", lambda: "probe failed" in gpu.health[0].reason)
+        await until(run, "suspect", lambda: gpu.health[0].state is not GpuHealth.HEALTHY)
+        await until(run, "probed and still suspect", lambda: "probe failed" in gpu.health[0].reason)
         await conn.send(offer("while-suspect", "model-x", gib=1))
         reject = await conn.expect(studio.Reject, TIMEOUT_S)
         assert reject.code == "busy" and "suspect" in reject.reason
         sim_gpu(healthy=True)
-        await until("healthy", lambda: gpu.health[0].state is GpuHealth.HEALTHY, 30)
+        await until(run, "healthy", lambda: gpu.health[0].state is GpuHealth.HEALTHY, 30)
         (slot,) = slots(run)
-        await until("serving again", lambda: slot.state is SlotState.READY and slot.is_free, 30)
+        await until(
+            run, "serving again", lambda: slot.state is SlotState.READY and slot.is_free, 30
+        )
         await conn.send(offer("after", "model-x", gib=1))
         await done(conn, "after")
 
@@ -275,7 +282,7 @@ async def test_a_gpu_slot_whose_host_is_not_on_its_gpu_is_parked(sim_gpu, tmp_pa
         ) as run,
     ):
         (slot,) = slots(run)
-        await until("parked", lambda: slot.state is SlotState.FAILED)
+        await until(run, "parked", lambda: slot.state is SlotState.FAILED)
         assert slot.restart_causes == {"wrong_device": 1}, "no restart loop: parked at once"
         assert slot.last_exit is not None
         assert run.sup.pool.models_per_kind() == {}, "a parked slot advertises nothing"
@@ -292,7 +299,7 @@ async def test_status_and_metrics_show_gpus_and_loaded_models(sim_gpu, tmp_path)
         await conn.send(offer("j1", "model-x"))
         await done(conn, "j1")
         await until(
-            "measured", lambda: run.sup.pool.gpu.ledger.cost("synthetic:model-x") is not None
+            run, "measured", lambda: run.sup.pool.gpu.ledger.cost("synthetic:model-x") is not None
         )
         reply = await anyio.to_thread.run_sync(ask, socket_path(run.config_path), "status")
         assert reply.status is not None
@@ -318,7 +325,9 @@ async def test_a_model_unused_for_keep_alive_is_unloaded(sim_gpu, tmp_path) -> N
         a, _ = slots(run)
         await conn.send(offer("j1", "model-x"))
         await done(conn, "j1")
-        await until("unloaded for idleness", lambda: resident(run, a) == [] and used_gib(run) < 1)
+        await until(
+            run, "unloaded for idleness", lambda: resident(run, a) == [] and used_gib(run) < 1
+        )
         assert run.sup.pool.gpu.evictions[0] == 0, "an idle unload is no eviction"
         assert a.pid is not None and a.restarts == 0, "the host stays; only the model goes"
 

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import studio
-from supervisor.logging_setup import JsonFormatter
+from supervisor.cli.logging_setup import JsonFormatter
 from tests.supervisor.studio.test_session import llm_task, offer
 from tests.support.studio_peer import running_peer
 from tests.support.supervisor_harness import TOKEN, write_config

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from supervisor.gpu.governor import GpuGovernor
 from supervisor.gpu.nvml_source import NvmlGpuSource, open_nvml
 from supervisor.gpu.pinning import CUDA_DEVICE_ORDER, CUDA_VISIBLE_DEVICES, pin_slots
+from supervisor.gpu.slot_contract import GpuSettings
 from supervisor.gpu.sources import open_gpu_source
-from supervisor.machine_facts import sum_vram_gb
 
 pytestmark = pytest.mark.gpu
 
@@ -41,7 +42,7 @@ def test_facts_of_every_card(nvml: NvmlGpuSource) -> None:
         assert d.free_bytes == d.total_bytes - d.used_bytes
         if d.processes is not None:
             assert all(pid > 0 and used >= 0 for pid, used in d.processes.items())
-    assert sum_vram_gb(devices) > 0
+    assert GpuGovernor(None, devices, GpuSettings()).total_gb() > 0
 
 
 def test_xid_poll_answers_at_once(nvml: NvmlGpuSource) -> None:

@@ -16,8 +16,9 @@ import pytest
 from protocol import ipc
 from supervisor.pool.policies import PoisonJobs, RecycleLimits
 from supervisor.pool.settings import PoolSettings
-from supervisor.pool.slot_core import ExpectedDevice, SlotCore, Spawn, Stop, Wait
+from supervisor.pool.slot_core import SlotCore
 from supervisor.pool.slot_state import SlotState
+from supervisor.pool.slot_steps import ExpectedDevice, Spawn, Stop, Wait
 from supervisor.pool.verdict import LossCause, Verdict
 
 S = SlotState

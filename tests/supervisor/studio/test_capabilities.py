@@ -1,21 +1,23 @@
 """The capability snapshot and its one-line summary (protocol.md §5, §2.6 step 3), and the
-host facts behind it: the total VRAM, summed over the cards the GPU source reads (§9.6)."""
+VRAM it advertises: every card's memory, summed over the cards the GPU source reads (§9.6)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from protocol.studio import Capabilities, encode_json
-from supervisor import __version__, machine_facts
+from supervisor import __version__
 from supervisor.config import WorkerConfig
+from supervisor.errors import GpuReadError
 from supervisor.gpu.facts import GpuDevice
-from supervisor.machine_facts import sum_vram_gb
+from supervisor.gpu.governor import GpuGovernor
+from supervisor.gpu.slot_contract import GpuSettings
+from supervisor.pool.gpu_setup import prepared_gpus
 from supervisor.studio import capabilities as caps_module
 from supervisor.studio.capabilities import ENGINE_NAME, build_capabilities, summary_line
 
@@ -32,7 +34,6 @@ SYNTHETIC_PER_KIND = {
 def fixed_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(caps_module, "machine_name", lambda: "rig-01")
     monkeypatch.setattr(caps_module, "user_name", lambda: "webber")
-    monkeypatch.setattr(caps_module, "total_vram_gb", lambda: 24.0)
 
 
 def build(
@@ -42,8 +43,13 @@ def build(
     cfg: WorkerConfig | None = None,
     jobs: int = 1,
 ) -> Capabilities:
+    cfg = cfg or WorkerConfig()
     return build_capabilities(
-        cfg or WorkerConfig(), per_kind, paused=paused, max_concurrent_jobs=jobs
+        cfg,
+        per_kind,
+        paused=paused,
+        max_concurrent_jobs=jobs,
+        vram_gb=(24.0, cfg.vram_threshold_gb),
     )
 
 
@@ -206,18 +212,12 @@ def card(index: int, total_bytes: int) -> GpuDevice:
         ([141 * GIB + GIB // 2] * 8, 1132.0),
     ],
 )
-def test_sum_vram_gb(totals: list[int], gb: float) -> None:
-    assert sum_vram_gb(card(i, t) for i, t in enumerate(totals)) == gb
+def test_advertised_total_is_every_cards_memory(totals: list[int], gb: float) -> None:
+    governor = GpuGovernor(None, [card(i, t) for i, t in enumerate(totals)], GpuSettings())
+    assert governor.total_gb() == gb
+    assert governor.advertised_gb(12.0) == (gb, 12.0)  # no GPU slot: the config threshold
 
 
-@pytest.fixture
-def fresh_vram() -> Iterator[None]:
-    machine_facts.total_vram_gb.cache_clear()
-    yield
-    machine_facts.total_vram_gb.cache_clear()
-
-
-@pytest.mark.usefixtures("fresh_vram")
 def test_total_vram_is_read_from_the_simulated_cards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,31 +232,28 @@ def test_total_vram_is_read_from_the_simulated_cards(
             }
         )
     )
-    monkeypatch.setenv("STUDIO_WORKER_SIMULATED_GPUS", str(gpus))
-    monkeypatch.setenv("STUDIO_WORKER_SIM_GPU_DIR", str(tmp_path / "alloc"))
-    assert machine_facts.total_vram_gb() == 36.0
-    gpus.write_text("broken")  # read once per process: the first answer stays
-    assert machine_facts.total_vram_gb() == 36.0
+    env = {"STUDIO_WORKER_SIMULATED_GPUS": str(gpus)}
+    with prepared_gpus([], WorkerConfig(), env) as setup:
+        governor = GpuGovernor(setup.source, setup.devices, setup.settings)
+        assert governor.total_gb() == 36.0
 
 
-@pytest.mark.usefixtures("fresh_vram")
-def test_total_vram_is_zero_when_the_simulation_is_broken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_broken_simulation_stops_the_start(tmp_path: Path) -> None:
     gpus = tmp_path / "gpus.json"
     gpus.write_text("{}")
-    monkeypatch.setenv("STUDIO_WORKER_SIMULATED_GPUS", str(gpus))
-    monkeypatch.setenv("STUDIO_WORKER_SIM_GPU_DIR", str(tmp_path / "alloc"))
-    assert machine_facts.total_vram_gb() == 0.0
-    assert "could not read the GPUs" in caplog.text
+    with (
+        pytest.raises(GpuReadError, match="STUDIO_WORKER_SIMULATED_GPUS"),
+        prepared_gpus([], WorkerConfig(), {"STUDIO_WORKER_SIMULATED_GPUS": str(gpus)}),
+    ):
+        pass
 
 
-@pytest.mark.usefixtures("fresh_vram")
 def test_total_vram_is_zero_without_nvml(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv("STUDIO_WORKER_SIMULATED_GPUS", raising=False)
     monkeypatch.setitem(sys.modules, "pynvml", None)  # the bindings do not import
     caplog.set_level(logging.INFO)
-    assert machine_facts.total_vram_gb() == 0.0
+    with prepared_gpus([], WorkerConfig(), {}) as setup:
+        assert setup.source is None and setup.devices == ()
+        assert GpuGovernor(None, setup.devices, setup.settings).total_gb() == 0.0
     assert "no NVIDIA GPU found; advertising vram=0" in caplog.text
