@@ -136,7 +136,7 @@ def pick_prompt(direct: Direct, n: int) -> str:
 
 
 async def run_job(pool: EnginePool, job_id: str, task: LlmTask, source: ModelSource) -> float:
-    slot = pool.reserve(next(s.slot_id for s in pool.slots if s.engine == "llama"))
+    slot = pool.reserve(next(s.slot_id for s in pool.slots if s.engine == "llama"), job_id)
     started = time.perf_counter()
     outcome = await slot.execute(ipc.RunJob(job_id, "bench", task, source, 600.0), None)
     elapsed = time.perf_counter() - started

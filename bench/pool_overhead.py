@@ -85,7 +85,7 @@ async def through_pool(n_jobs: int, n_blobs: int) -> tuple[list[float], list[flo
                 out = []
                 for i in range(n):
                     t0 = time.perf_counter()
-                    slot = pool.reserve(pool.slots[0].slot_id)
+                    slot = pool.reserve(pool.slots[0].slot_id, f"{job}-{i}")
                     outcome = await slot.execute(
                         ipc.RunJob(f"{job}-{i}", model, task, SOURCE, 60), None
                     )

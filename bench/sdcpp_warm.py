@@ -108,7 +108,7 @@ def task(bench: Bench, seed: int) -> ImageTask:
 
 
 async def run_job(pool: EnginePool, job_id: str, bench: Bench, seed: int) -> float:
-    slot = pool.reserve(next(s.slot_id for s in pool.slots if s.engine == "sdcpp"))
+    slot = pool.reserve(next(s.slot_id for s in pool.slots if s.engine == "sdcpp"), job_id)
     started = time.perf_counter()
     run = ipc.RunJob(job_id, MODEL_ID, task(bench, seed), bench.source, 600.0)
     outcome = await slot.execute(run, None)

@@ -179,6 +179,9 @@ class JobThread(threading.Thread):
             if not grant.granted:
                 why = grant.reason or "no reason given"
                 raise LoadRefused(f"the supervisor refused to load {key}: {why}")
+            if grant.unload_first:
+                # Models of this host the supervisor counted on being gone for this load.
+                self._unload(grant.unload_first)
 
         return before_load
 

@@ -20,6 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -38,11 +39,13 @@ from supervisor.gpu.health import DeviceHealth
 from supervisor.gpu.health_watch import HealthWatch
 from supervisor.gpu.ledger import MemoryLedger, Reservation
 from supervisor.gpu.loads import LoadBroker
-from supervisor.gpu.meter import LoadMeter
+from supervisor.gpu.meter import JobRecord, LoadMeter, measure
 from supervisor.gpu.picture import MemoryPicture
 from supervisor.gpu.slot_contract import GovernedSlot, GpuSettings
 
 log = logging.getLogger("supervisor.gpu")
+
+READ_TIMEOUT_S: Final = 10.0  # a read of every card; NVML normally answers in milliseconds
 
 
 class GpuGovernor:
@@ -65,11 +68,15 @@ class GpuGovernor:
         self.loads = LoadBroker(self)
         self._running: dict[str, str] = {}  # slot id -> job id, for the meter
         self._sampled = anyio.Event()
-        self._tickets = 0  # reads started
-        self._applied = 0  # the newest read whose result is in ``readings``
+        self._read_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
         self.watch = HealthWatch(
-            self.health, lambda: self.readings, self.spawn, settings.probe_bytes, on_change
+            self.health,
+            lambda: self.readings,
+            self.slots.values,
+            self.spawn,
+            settings.probe_bytes,
+            on_change,
         )
 
     # --- life ---------------------------------------------------------------------------------
@@ -94,31 +101,37 @@ class GpuGovernor:
         assert self._tg is not None, "the governor is not serving"
         self._tg.start_soon(fn, *args)  # type: ignore[arg-type]
 
-    async def sample(self) -> None:
-        """Read every device now, and the XID errors since the last read (NVML calls block:
-        a worker thread does them). Reads may overlap; an older one never overwrites a
-        newer one."""
+    async def sample(self) -> bool:
+        """Read every device now, and the XID errors since the last read; False when the
+        read failed (the last readings stay). NVML calls block, so a worker thread does them,
+        one read at a time: a caller gets a read that started after it asked, and a driver
+        that hangs ties up one thread, bounded by ``READ_TIMEOUT_S``, not the thread pool."""
         source = self.source
         if source is None:
-            return
-        self._tickets += 1
-        ticket = self._tickets
+            return False
 
         def read() -> tuple[list[GpuDevice], list[XidEvent]]:
             return source.read(), source.poll_xid_events()
 
-        try:
-            devices, xids = await anyio.to_thread.run_sync(read)
-        except GpuReadError as exc:
-            log.warning("reading the GPUs failed: %s", exc)
-            return
-        for event in xids:
-            self.watch.xid(event.device_index, event.xid)
-        if ticket > self._applied:
-            self._applied = ticket
+        async with self._read_lock:
+            devices: list[GpuDevice] | None = None
+            with anyio.move_on_after(READ_TIMEOUT_S):
+                try:
+                    devices, xids = await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
+                except GpuReadError as exc:
+                    log.warning("reading the GPUs failed: %s", exc)
+                    return False
+            if devices is None:
+                log.warning(
+                    "reading the GPUs took over %.0f s; keeping the last readings", READ_TIMEOUT_S
+                )
+                return False
+            for event in xids:
+                self.watch.xid(event.device_index, event.xid)
             self.readings = {d.index: d for d in devices}
             self._sampled.set()
             self._sampled = anyio.Event()
+            return True
 
     async def next_sample(self) -> None:
         """Until the next reading of the GPUs is in (every ``sample_interval_s``)."""
@@ -207,8 +220,10 @@ class GpuGovernor:
                 reserved -= own.need_bytes
             held = sum(h.total_bytes for h in self.ledger.on_device(index))
             free = min(reading.free_bytes, reading.total_bytes - held)
+            # Not clamped: an overcommitted card must read as such, or two admissions in a
+            # row could both plan to unload the same idle model.
             rooms[index] = DeviceRoom(
-                index, reading.total_bytes, max(0, free - reserved), self.takes_work(index)
+                index, reading.total_bytes, free - reserved, self.takes_work(index)
             )
         return rooms
 
@@ -226,7 +241,7 @@ class GpuGovernor:
     # --- from the slots ---------------------------------------------------------------------------
 
     def load_requested(self, slot: GovernedSlot, msg: ipc.LoadRequest) -> None:
-        self.spawn(self.loads.serve, slot, msg)
+        self.spawn(self.loads.serve, slot, msg, slot.generation)
 
     def resident_reported(self, slot: GovernedSlot, models: Sequence[ipc.ResidentModel]) -> None:
         left = self.ledger.update_resident(
@@ -259,27 +274,27 @@ class GpuGovernor:
 
     def job_ended(self, slot: GovernedSlot, job_id: str) -> None:
         self.ledger.release(job_id)
+        self.loads.job_ended(slot, job_id)
         if self._running.pop(slot.slot_id, None) is not None:
-            self.spawn(self._measure_job, slot)
+            record = self.meter.finish(slot.slot_id)  # now: the next job may start at once
+            if record is not None:
+                self.spawn(self._measure_job, slot, record)
 
-    async def _measure_job(self, slot: GovernedSlot) -> None:
+    async def _measure_job(self, slot: GovernedSlot, record: JobRecord) -> None:
         """Read the card right after the job, and keep what it took."""
-        await self.sample()
-        device = slot.device_index
-        reading = self.readings.get(device) if device is not None else None
+        if not await self.sample():
+            return
+        reading = self.readings.get(record.device)
         if reading is None:
-            self.meter.forget(slot.slot_id)
             return
-        measured = self.meter.job_ended(slot.slot_id, reading.used_bytes, self.process_bytes(slot))
-        if measured is None:
-            return
+        measured = measure(record, self.meter, reading.used_bytes, self.process_bytes(slot))
         key = measured.load_key
         if measured.size_bytes is not None:
             self.ledger.record_size(slot.slot_id, key, measured.size_bytes)
             log.info(
                 "loaded %s on gpu %s (slot %s): %s measured",
                 key,
-                device,
+                record.device,
                 slot.slot_id,
                 gib(measured.size_bytes),
             )

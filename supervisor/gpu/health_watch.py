@@ -4,14 +4,16 @@ A fault is a host on the device dying by a native fault other than out-of-memory
 failing with a device error, or an NVML XID error. While a device is suspect its slots take
 no offers (``GpuGovernor.takes_work``). The probe: NVML still answers for the device, and
 the first host that comes up fresh on it initialises its GPU backend and allocates and
-frees a small buffer (``ipc.Probe``). A failed probe recycles that host, so the next fresh
-one probes again (the slot's backoff paces it). Every health change is a log line.
+frees a small buffer (``ipc.Probe``). A fault asks every slot on the card to replace its
+host once it is between jobs, so a fresh one comes up to probe; a failed probe recycles that
+host, so the next fresh one probes again (the slot's backoff paces it). Every health change
+is a log line.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from protocol import ipc
 from supervisor.gpu.facts import GpuDevice
@@ -26,11 +28,13 @@ class HealthWatch:
         self,
         health: Mapping[int, DeviceHealth],
         readings: Callable[[], Mapping[int, GpuDevice]],
+        slots: Callable[[], Iterable[GovernedSlot]],
         spawn: Callable[..., None],
         probe_bytes: int,
         on_change: Callable[[], None],
     ) -> None:
         self._health = health
+        self._slots = slots
         self._readings = readings
         self._spawn = spawn
         self._probe_bytes = probe_bytes
@@ -46,6 +50,11 @@ class HealthWatch:
                 device,
                 reason,
             )
+            # Fresh hosts probe: replace the live ones on the card (each once it is between
+            # jobs), or a card whose hosts all stay up would never be probed.
+            for slot in self._slots():
+                if slot.device_index == device:
+                    slot.recycle(RecycleCause.GPU_SUSPECT, reason, slot.generation)
         self._on_change()
 
     def host_ready(self, slot: GovernedSlot) -> None:
@@ -82,7 +91,9 @@ class HealthWatch:
                 slot.slot_id,
                 detail,
             )
-            slot.recycle(RecycleCause.PROBE_FAILED, f"its GPU probe failed ({detail})")
+            slot.recycle(
+                RecycleCause.PROBE_FAILED, f"its GPU probe failed ({detail})", slot.generation
+            )
         self._on_change()
 
     def host_lost(self, slot: GovernedSlot) -> None:

@@ -120,6 +120,10 @@ class MemoryLedger:
     def record_size(self, slot_id: str, load_key: str, size_bytes: int) -> None:
         """The measured resident size of ``load_key`` (NVML around its load)."""
         known = self._costs.get(load_key)
+        if known is not None:
+            # One load key loads the same weights: keep the largest reading, so a reading
+            # taken a moment early never shrinks what the model is known to take.
+            size_bytes = max(size_bytes, known.size_bytes)
         peak = max(size_bytes, known.peak_bytes if known else 0)
         self._costs[load_key] = KnownCost(size_bytes, peak)
         held = self._slots.get(slot_id)

@@ -23,7 +23,7 @@ class _LoadStart:
 
 
 @dataclass
-class _Job:
+class JobRecord:
     load_key: str
     device: int
     epoch: int
@@ -42,7 +42,7 @@ class Measured:
 
 class LoadMeter:
     def __init__(self) -> None:
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, JobRecord] = {}
         self._epochs: Counter[int] = Counter()
 
     def disturb(self, device: int) -> None:
@@ -53,7 +53,7 @@ class LoadMeter:
         others = [j for j in self._jobs.values() if j.device == device]
         for job in others:
             job.alone = False
-        self._jobs[slot_id] = _Job(load_key, device, self._epochs[device], alone=not others)
+        self._jobs[slot_id] = JobRecord(load_key, device, self._epochs[device], alone=not others)
 
     def load_granted(
         self, slot_id: str, device_used: int, process_used: int | None, dropped_bytes: int
@@ -72,30 +72,37 @@ class LoadMeter:
             if process_used is not None:
                 job.peak_process = max(job.peak_process, process_used)
 
-    def job_ended(
-        self, slot_id: str, device_used: int, process_used: int | None
-    ) -> Measured | None:
-        """What the job took, from readings taken right after it ended."""
-        job = self._jobs.pop(slot_id, None)
-        if job is None:
-            return None
-        load = job.load
-        if process_used is not None and (load is None or load.process_before is not None):
-            size = (
-                None
-                if load is None or load.process_before is None
-                else process_used - load.process_before + load.dropped_bytes
-            )
-            transient = max(0, job.peak_process - process_used) if job.peak_process else None
-            return Measured(job.load_key, _positive(size), transient)
-        if not job.alone or job.epoch != self._epochs[job.device]:
-            return Measured(job.load_key, None, None)
-        size = None if load is None else device_used - load.device_before + load.dropped_bytes
-        transient = max(0, job.peak_device - device_used) if job.peak_device else None
-        return Measured(job.load_key, _positive(size), transient)
+    def finish(self, slot_id: str) -> JobRecord | None:
+        """The job on ``slot_id`` ended: its record, to ``measure`` with the next reading
+        (taken out now, so the slot's next job starts a record of its own)."""
+        return self._jobs.pop(slot_id, None)
+
+    def epoch(self, device: int) -> int:
+        return self._epochs[device]
 
     def forget(self, slot_id: str) -> None:
         self._jobs.pop(slot_id, None)
+
+
+def measure(
+    job: JobRecord, meter: LoadMeter, device_used: int, process_used: int | None
+) -> Measured:
+    """What the job took, from readings taken right after it ended: the size of a model it
+    loaded and its working peak, each None where the readings cannot say."""
+    load = job.load
+    if process_used is not None and (load is None or load.process_before is not None):
+        size = (
+            None
+            if load is None or load.process_before is None
+            else process_used - load.process_before + load.dropped_bytes
+        )
+        transient = max(0, job.peak_process - process_used) if job.peak_process else None
+        return Measured(job.load_key, _positive(size), transient)
+    if not job.alone or job.epoch != meter.epoch(job.device):
+        return Measured(job.load_key, None, None)
+    size = None if load is None else device_used - load.device_before + load.dropped_bytes
+    transient = max(0, job.peak_device - device_used) if job.peak_device else None
+    return Measured(job.load_key, _positive(size), transient)
 
 
 def _positive(size: int | None) -> int | None:

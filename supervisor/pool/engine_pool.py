@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,12 +103,11 @@ class EnginePool:
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """True once every slot is ready (for start-up and tests)."""
-        with anyio.move_on_after(timeout_s):
-            for slot in self.slots:
-                while not await slot.wait_ready(timeout_s):
-                    pass
-            return True
-        return False
+        deadline = time.monotonic() + timeout_s
+        for slot in self.slots:
+            if not await slot.wait_ready(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking jobs, let running ones finish within ``grace_s``, then stop hosts."""
@@ -183,22 +183,20 @@ class EnginePool:
                 return slot
         raise KeyError(slot_id)
 
-    def reserve(
-        self, slot_id: str, job_id: str = "", load_key: str = "", need_bytes: int = 0
-    ) -> Slot:
+    def reserve(self, slot_id: str, job_id: str, load_key: str = "", need_bytes: int = 0) -> Slot:
         """Claim the slot routing chose for a job about to be accepted, and the GPU memory
         its load needs. The caller reserves in the same step as the decision (no ``await``
         between), so the slot is still free and the memory still there."""
         slot = self.slot(slot_id)
-        slot.core.reserve()
+        slot.core.reserve(job_id)
         if need_bytes > 0:
             self.gpu.reserve(job_id, slot_id, load_key, need_bytes)
         self._changed()
         return slot
 
-    def release(self, slot: Slot, job_id: str = "") -> None:
+    def release(self, slot: Slot, job_id: str) -> None:
         """The accept never went out: the reservation is void."""
-        slot.core.release()
+        slot.core.release(job_id)
         self.gpu.release(job_id)
         self._changed()
 

@@ -33,7 +33,7 @@ from supervisor.pool.slot_inbox import Caller, ProgressCallback, SlotInbox
 from supervisor.pool.slot_race import first_verdict
 from supervisor.pool.slot_spec import SlotSpec
 from supervisor.pool.slot_state import SlotState
-from supervisor.pool.slot_steps import ExpectedDevice, Spawn, Stop, Wait
+from supervisor.pool.slot_steps import Drain, ExpectedDevice, Spawn, Stop, Wait
 from supervisor.pool.slot_views import Pin
 from supervisor.pool.verdict import LossCause, Verdict
 from supervisor.stats import ProgressStats
@@ -110,6 +110,7 @@ class Slot(SlotInbox):
         refused = self.core.start_job(run.job_id, run.deadline_s, time.monotonic())
         self._changed()
         if refused is not None:
+            self.gpu.release(run.job_id)  # the memory reserved for it is not going to be used
             return refused
         caller = self._callers[run.job_id] = Caller(on_progress)
         if self.pin is not None:
@@ -160,8 +161,12 @@ class Slot(SlotInbox):
             await self._wait_change()
 
     async def wait_ready(self, timeout_s: float) -> bool:
+        """True once the slot is ready; False at the timeout, or at once when it is stopping
+        (it will not be ready again)."""
         with anyio.move_on_after(timeout_s):
             while self.state is not SlotState.READY:
+                if self.core.drain is not Drain.NO or self.state is SlotState.STOPPED:
+                    return False
                 await self._wait_change()
             return True
         return False
@@ -284,7 +289,10 @@ class Slot(SlotInbox):
         fault = is_device_fault(exit.returncode, list(self.host.stderr_tail))
         if fault is not None and verdict.cause not in (LossCause.DRAIN, LossCause.RECYCLE):
             self.health.fault(self.device_index, f"{fault} on slot {self.slot_id}")
-        settled = self.core.settle(verdict, exit.describe(), time.monotonic())
+        waited = self.job_id is not None and self.job_id in self._callers
+        settled = self.core.settle(
+            verdict, exit.describe(), time.monotonic(), retry_possible=waited
+        )
         if settled.lost is not None:
             caller = self._callers.get(settled.lost.job_id)
             if caller is not None:

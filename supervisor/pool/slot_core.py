@@ -49,7 +49,7 @@ class SlotCore:
         self.generation = 0
         self.ready: ipc.Ready | None = None
         self.last_heartbeat: ipc.HostHeartbeat | None = None
-        self.reserved = False
+        self.reserved_for: str | None = None  # the job an accept is on its way for
         self.job: JobRecord | None = None
         self.held_for: str | None = None  # a job waiting to retry here after an OOM
         self.drain = Drain.NO
@@ -80,7 +80,7 @@ class SlotCore:
         """May be reserved for a new job right now."""
         return (
             self.state is SlotState.READY
-            and not self.reserved
+            and self.reserved_for is None
             and self.job is None
             and self.held_for is None
             and self.drain is Drain.NO
@@ -92,7 +92,7 @@ class SlotCore:
         """Between jobs: what the host keeps loaded may be unloaded."""
         return (
             self.state is SlotState.READY
-            and not self.reserved
+            and self.reserved_for is None
             and self.job is None
             and self.held_for is None
         )
@@ -196,34 +196,29 @@ class SlotCore:
             return Verdict(LossCause.DRAIN, "supervisor shutting down")
         if self.drain is Drain.POLITE:
             return None if self.job is not None else Verdict(LossCause.DRAIN, "shutting down")
-        if self.recycle_reason and self.job is None and not self.reserved and not self.held_for:
+        if self.recycle_reason and self.is_idle:
             return Verdict(self.recycle_cause, self.recycle_reason)
         return None
 
-    def request_recycle(self, cause: LossCause, detail: str) -> None:
-        """Replace the host once it is between jobs (the GPU governor asks for this)."""
-        if self.recycle_reason is None:
+    def request_recycle(self, cause: LossCause, detail: str, generation: int) -> None:
+        """Replace the host of ``generation`` once it is between jobs (the GPU governor asks
+        for this); a request about a host that is gone already is dropped."""
+        if generation == self.generation and self.recycle_reason is None:
             self.recycle_reason = detail
             self.recycle_cause = cause
 
-    def host_exited(self, describe: str, signal_name: str | None) -> Verdict:
-        cause = LossCause.SIGNAL if signal_name else LossCause.EXIT
-        return Verdict(cause, f"died ({describe})")
-
     # --- jobs -------------------------------------------------------------------------------
 
-    def reserve(self) -> None:
+    def reserve(self, job_id: str) -> None:
         """Claim the slot for a job about to be accepted; the router saw it free."""
         if not self.is_free:
             raise RuntimeError(f"slot {self.slot_id} reserved while not free ({self.state.value})")
-        self.reserved = True
+        self.reserved_for = job_id
 
-    def release(self) -> None:
-        self.reserved = False
-
-    def hold_for_retry(self, job_id: str) -> None:
-        """Keep the slot out of routing until ``job_id`` is run again here (or let go)."""
-        self.held_for = job_id
+    def release(self, job_id: str) -> None:
+        """The accept for ``job_id`` never went out (a later reservation is not touched)."""
+        if self.reserved_for == job_id:
+            self.reserved_for = None
 
     def let_go(self, job_id: str) -> None:
         if self.held_for == job_id:
@@ -232,8 +227,9 @@ class SlotCore:
     def start_job(self, job_id: str, deadline_s: float, now: float) -> JobFailedOutcome | None:
         """The job starts (the caller sends it to the host), or why it cannot."""
         retry = self.held_for == job_id
-        claimed = self.reserved or retry
-        self.reserved = False
+        claimed = self.reserved_for == job_id or retry
+        if self.reserved_for == job_id:
+            self.reserved_for = None
         if retry:
             self.held_for = None
         if (
@@ -252,17 +248,23 @@ class SlotCore:
         return None
 
     def job_ended(
-        self, job_id: str, *, out_of_memory: bool = False, vram_bytes: int | None = None
+        self,
+        job_id: str,
+        *,
+        out_of_memory: bool = False,
+        retry_possible: bool = False,
+        vram_bytes: int | None = None,
     ) -> bool:
         """The host reported the job's result; False when it is not the running job. A
-        first out-of-memory failure holds the slot for the job's one local retry.
-        ``vram_bytes`` is the host's GPU memory now (NVML, where its PID is visible)."""
+        first out-of-memory failure holds the slot for the job's one local retry, when its
+        caller still waits (``retry_possible``). ``vram_bytes`` is the host's GPU memory
+        beyond its models now (NVML, where its PID is visible)."""
         job = self.job
         if job is None or job.job_id != job_id:
             return False
         self.job = None
-        if out_of_memory and job.attempt == 1:
-            self.held_for = job_id
+        if out_of_memory and retry_possible:
+            self._hold(job)
         self.jobs_done += 1
         self._apply(SlotEvent.JOB_FINISHED)
         hb = self.last_heartbeat  # the host beats right before each result
@@ -280,6 +282,12 @@ class SlotCore:
 
     def retry_pending(self, job_id: str) -> bool:
         return self.held_for == job_id
+
+    def _hold(self, job: JobRecord) -> None:
+        """Keep the slot for the job's one local retry after out-of-memory: only its first
+        attempt, and never while stopping."""
+        if job.attempt == 1 and self.drain is Drain.NO:
+            self.held_for = job.job_id
 
     # --- drain --------------------------------------------------------------------------------
 
@@ -301,7 +309,12 @@ class SlotCore:
         """Move the state as soon as the verdict is in, before the host is stopped, so no
         job is handed to a host on its way out (a polite stop can take seconds)."""
         match verdict.cause:
-            case LossCause.RECYCLE | LossCause.UNLOAD_STUCK | LossCause.PROBE_FAILED:
+            case (
+                LossCause.RECYCLE
+                | LossCause.UNLOAD_STUCK
+                | LossCause.PROBE_FAILED
+                | LossCause.GPU_SUSPECT
+            ):
                 self._apply(SlotEvent.RECYCLE)
             case LossCause.DRAIN | LossCause.FORCED:
                 if self.state is not SlotState.DRAINING:
@@ -309,11 +322,15 @@ class SlotCore:
             case _:
                 self._apply(SlotEvent.HOST_LOST)
 
-    def settle(self, verdict: Verdict, exit_text: str | None, now: float) -> Settled:
-        """The host is gone: count it, fail the job it ran, decide when to respawn."""
+    def settle(
+        self, verdict: Verdict, exit_text: str | None, now: float, *, retry_possible: bool = False
+    ) -> Settled:
+        """The host is gone: count it, fail the job it ran, decide when to respawn.
+        ``retry_possible``: the lost job's caller still waits (an out-of-memory loss holds
+        the slot for its one retry)."""
         self.last_exit = exit_text
-        self.reserved = False
-        lost = self._lost_job(verdict)
+        self.reserved_for = None
+        lost = self._lost_job(verdict, retry_possible)
         if self.state is SlotState.DRAINING:
             self._apply(SlotEvent.STOPPED)
         if verdict.final or self.state is SlotState.STOPPED:
@@ -358,13 +375,13 @@ class SlotCore:
     def crash_loop_count(self) -> int:
         return self._crash_loop.recent
 
-    def _lost_job(self, verdict: Verdict) -> LostJob | None:
+    def _lost_job(self, verdict: Verdict, retry_possible: bool) -> LostJob | None:
         job = self.job
         if job is None:
             return None
         self.job = None
-        if verdict.cause is LossCause.VRAM_OOM and job.attempt == 1:
-            self.held_for = job.job_id
+        if verdict.cause is LossCause.VRAM_OOM and retry_possible:
+            self._hold(job)
         return LostJob(
             job.job_id, lost_job_failure(self.engine, self.slot_id, job, verdict, self._poison)
         )

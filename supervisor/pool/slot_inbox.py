@@ -74,8 +74,8 @@ class SlotInbox(SlotViews):
             return False
         return True
 
-    def recycle(self, cause: RecycleCause, detail: str) -> None:
-        self.core.request_recycle(LossCause(cause.value), detail)
+    def recycle(self, cause: RecycleCause, detail: str, generation: int) -> None:
+        self.core.request_recycle(LossCause(cause.value), detail, generation)
         self._changed()
 
     def vram_bytes(self) -> int | None:
@@ -160,7 +160,13 @@ class SlotInbox(SlotViews):
     def _finish_job(self, job_id: str, outcome: JobOutcome) -> None:
         failure = outcome if isinstance(outcome, JobFailedOutcome) else None
         oom = failure is not None and failure.reason == ipc.REASON_VRAM_OOM
-        if not self.core.job_ended(job_id, out_of_memory=oom, vram_bytes=self._leak_bytes()):
+        ended = self.core.job_ended(
+            job_id,
+            out_of_memory=oom,
+            retry_possible=job_id in self._callers,
+            vram_bytes=self._leak_bytes(),
+        )
+        if not ended:
             log.warning("slot %s: result for job %s that it is not running", self.slot_id, job_id)
             return
         self.gpu.job_ended(self, job_id)

@@ -26,6 +26,7 @@ class LossCause(enum.StrEnum):
     RAM_OOM = "ram_oom"  # the kernel's OOM killer took the host
     UNLOAD_STUCK = "unload_stuck"  # told to unload, freed nothing in time
     PROBE_FAILED = "probe_failed"  # the GPU probe on a suspect device failed on this host
+    GPU_SUSPECT = "gpu_suspect"  # its card faulted: replaced so a fresh host probes it
     RECYCLE = "recycle"  # planned restart between jobs (leak guard, job count)
     DRAIN = "drain"  # the supervisor is stopping; the host had no job (or finished it)
     FORCED = "forced"  # the supervisor is stopping now; a running job is cut short
@@ -40,11 +41,18 @@ NOT_CRASHES: Final = frozenset(
         LossCause.FORCED,
         LossCause.VRAM_OOM,
         LossCause.UNLOAD_STUCK,
+        LossCause.GPU_SUSPECT,
     }
 )
 # Stopped politely (Shutdown message, grace, SIGTERM, SIGKILL) instead of killed at once.
 POLITE: Final = frozenset(
-    {LossCause.RECYCLE, LossCause.DRAIN, LossCause.UNLOAD_STUCK, LossCause.PROBE_FAILED}
+    {
+        LossCause.RECYCLE,
+        LossCause.DRAIN,
+        LossCause.UNLOAD_STUCK,
+        LossCause.PROBE_FAILED,
+        LossCause.GPU_SUSPECT,
+    }
 )
 # A job running when the host went this way may be to blame: a strike toward poison.
 JOB_STRIKES: Final = frozenset(

@@ -276,3 +276,18 @@ def test_a_host_refuses_a_bad_warm_model_count(tmp_path: Path) -> None:
     with running_host(tmp_path, "--max-warm-models", "0", wait_ready=False) as host:
         assert host.proc.wait(timeout=WAIT_S) == 2
     assert "--max-warm-models: expected a whole number >= 1, got '0'" in host.log()
+
+
+def test_a_grant_can_name_models_to_unload_first(sim: Sim) -> None:
+    with sim.host(ASK, "--max-warm-models", "3") as host:
+        for job_id, model in (("j1", "a"), ("j2", "b")):
+            host.send(run_job(job_id, model, 1))
+            grant_load(host, job_id, f"synthetic:{model}", 1)
+            finish(host)
+        host.send(run_job("j3", "c", 1))
+        assert request(host).load_key == "synthetic:c"
+        host.send(ipc.LoadGrant("j3", granted=True, unload_first=["synthetic:a"]))
+        resident, done = finish(host)
+        assert isinstance(done, ipc.JobDone)
+        assert [m.load_key for m in resident.models] == ["synthetic:b", "synthetic:c"]
+        assert sim.held(host.pid) == {"synthetic:b": GIB, "synthetic:c": GIB}

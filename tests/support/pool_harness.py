@@ -160,7 +160,7 @@ class RunningPool:
     def start_job(self, tg: TaskGroup, run: ipc.RunJob, engine: str = "synthetic") -> JobHandle:
         free = [s for s in self.pool.slots if s.engine == engine and s.is_free]
         assert free, f"no free {engine} slot"
-        return self.start_on(tg, self.pool.reserve(free[0].slot_id), run)
+        return self.start_on(tg, self.pool.reserve(free[0].slot_id, run.job_id), run)
 
     def start_on(self, tg: TaskGroup, slot: Slot, run: ipc.RunJob) -> JobHandle:
         handle = JobHandle(run, slot)

@@ -338,7 +338,7 @@ async def test_a_caller_that_gives_up_cancels_the_job_on_the_host(tmp_path):
         await run.ready()
         slot = run.slot
         pid = slot.pid
-        assert run.pool.reserve(slot.slot_id) is slot
+        assert run.pool.reserve(slot.slot_id, "cancel-1") is slot
         # Cancelled at once: RunJob and CancelJob leave back to back, and the cancel must
         # not be lost however the host's threads interleave with it.
         with anyio.CancelScope() as scope:

@@ -84,9 +84,12 @@ def tick(t: float):  # type: ignore[no-untyped-def]
     return lambda core: cause(core.tick(t))
 
 
-def reserve(core: SlotCore) -> object:
-    core.reserve()
-    return core.is_free
+def reserve(job: str):  # type: ignore[no-untyped-def]
+    def go(core: SlotCore) -> object:
+        core.reserve(job)
+        return core.is_free
+
+    return go
 
 
 def start(job: str, t: float, deadline_s: float = 30.0):  # type: ignore[no-untyped-def]
@@ -97,9 +100,12 @@ def start(job: str, t: float, deadline_s: float = 30.0):  # type: ignore[no-unty
     return go
 
 
-def end(job: str, *, oom: bool = False):  # type: ignore[no-untyped-def]
+def end(job: str, *, oom: bool = False, waited: bool = True):  # type: ignore[no-untyped-def]
+    """The host reports the job's result (``waited``: its caller still waits for it)."""
+
     def go(core: SlotCore) -> object:
-        return (core.job_ended(job, out_of_memory=oom), core.state, core.is_free)
+        ended = core.job_ended(job, out_of_memory=oom, retry_possible=waited)
+        return (ended, core.state, core.is_free)
 
     return go
 
@@ -108,14 +114,16 @@ def drain(*, forced: bool = False):  # type: ignore[no-untyped-def]
     return lambda core: (cause(core.request_drain(forced=forced)), core.state)
 
 
-def lose(loss: LossCause, t: float, detail: str = "died (killed by SIGKILL)"):  # type: ignore[no-untyped-def]
+def lose(  # type: ignore[no-untyped-def]
+    loss: LossCause, t: float, detail: str = "died (killed by SIGKILL)", *, waited: bool = True
+):
     """The generation ends with this verdict: leave, then settle; returns the lost job's
     (reason, retryable) or None, whether the slot parked, and the state."""
 
     def go(core: SlotCore) -> object:
         verdict = Verdict(loss, detail)
         core.leave_generation(verdict)
-        settled = core.settle(verdict, "exit text", t)
+        settled = core.settle(verdict, "exit text", t, retry_possible=waited)
         lost = settled.lost
         fate = None if lost is None else (lost.outcome.reason, lost.outcome.retryable)
         return (fate, settled.parked, core.state)
@@ -138,7 +146,7 @@ SCENARIOS: dict[str, list[Step]] = {
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0.5), None),
         ("free", lambda c: c.is_free, True),
-        ("reserve", reserve, False),
+        ("reserve", reserve("j1"), False),
         ("start", start("j1", 1), S.BUSY),
         ("done", end("j1"), (True, S.READY, True)),
         ("a stray result", end("j1"), (False, S.READY, True)),
@@ -171,7 +179,7 @@ SCENARIOS: dict[str, list[Step]] = {
     "a job that kills two hosts is poison": [
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0), None),
-        ("reserve", reserve, False),
+        ("reserve", reserve("p"), False),
         ("start", start("p", 1), S.BUSY),
         (
             "first loss: retryable",
@@ -180,14 +188,14 @@ SCENARIOS: dict[str, list[Step]] = {
         ),
         ("spawned", spawn(3), S.STARTING),
         ("ready", ready(3), None),
-        ("reserve", reserve, False),
+        ("reserve", reserve("p"), False),
         ("start again", start("p", 4), S.BUSY),
         ("second loss: final", lose(LossCause.EXIT, 5), (("poison", False), False, S.RESTARTING)),
     ],
     "out of memory: no strike, no crash, one local retry held": [
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0), None),
-        ("reserve", reserve, False),
+        ("reserve", reserve("m"), False),
         ("start", start("m", 1), S.BUSY),
         (
             "host died of OOM",
@@ -208,7 +216,7 @@ SCENARIOS: dict[str, list[Step]] = {
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0), None),
         ("baseline after the load", heartbeat(0.1, rss=100, loads=1), None),
-        ("reserve", reserve, False),
+        ("reserve", reserve("r"), False),
         ("start", start("r", 1), S.BUSY),
         ("grown mid-job", heartbeat(1.5, state="generating", rss=5000, seq=1), None),
         ("nothing planned mid-job", tick(1.6), None),
@@ -220,7 +228,7 @@ SCENARIOS: dict[str, list[Step]] = {
     "a drain lets the job finish": [
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0), None),
-        ("reserve", reserve, False),
+        ("reserve", reserve("d"), False),
         ("start", start("d", 1), S.BUSY),
         ("drain", drain(), (None, S.DRAINING)),
         ("still running", tick(2), None),
@@ -231,7 +239,7 @@ SCENARIOS: dict[str, list[Step]] = {
     "a forced drain fails the job retryable and stops": [
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0), None),
-        ("reserve", reserve, False),
+        ("reserve", reserve("f"), False),
         ("start", start("f", 1), S.BUSY),
         ("drain", drain(), (None, S.DRAINING)),
         ("force", drain(forced=True), (LossCause.FORCED, S.DRAINING)),
@@ -278,13 +286,57 @@ SCENARIOS: dict[str, list[Step]] = {
             LossCause.WRONG_DEVICE,
         ),
     ],
+    "an out-of-memory loss whose caller is gone holds nothing": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("m"), False),
+        ("start", start("m", 1), S.BUSY),
+        (
+            "lost",
+            lose(LossCause.VRAM_OOM, 2, waited=False),
+            (("vram_oom", True), False, S.RESTARTING),
+        ),
+        ("no hold", lambda c: c.held_for, None),
+        ("spawned", spawn(2), S.STARTING),
+        ("ready", ready(2.5), None),
+        ("free", lambda c: c.is_free, True),
+    ],
+    "no hold while stopping": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("m"), False),
+        ("start", start("m", 1), S.BUSY),
+        ("drain", drain(), (None, S.DRAINING)),
+        ("fails OOM", end("m", oom=True), (True, S.DRAINING, False)),
+        ("no hold", lambda c: c.held_for, None),
+        ("stops", tick(2), LossCause.DRAIN),
+    ],
+    "a recycle asked during start-up waits for ready, and a stale one is dropped": [
+        ("spawned", spawn(0), S.STARTING),
+        ("stale (host 0)", lambda c: c.request_recycle(LossCause.UNLOAD_STUCK, "old", 0), None),
+        ("nothing", tick(0.1), None),
+        ("asked (host 1)", lambda c: c.request_recycle(LossCause.GPU_SUSPECT, "gpu", 1), None),
+        ("not while starting", tick(0.2), None),
+        ("ready", ready(0.3), LossCause.GPU_SUSPECT),
+        ("a polite restart", lose(LossCause.GPU_SUSPECT, 0.4, "gpu"), (None, False, S.RESTARTING)),
+        ("no backoff", next_step(0.4), Spawn()),
+    ],
+    "a reservation belongs to its job": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve for a", reserve("a"), False),
+        ("b cannot start on a's reservation", start("b", 1), "not_ready"),
+        ("still a's", lambda c: c.reserved_for, "a"),
+        ("b's release leaves it", lambda c: c.release("b"), None),
+        ("a starts", start("a", 1), S.BUSY),
+    ],
     "the governor's recycle waits for an idle host": [
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0), None),
-        ("reserve", reserve, False),
+        ("reserve", reserve("u"), False),
         (
             "asked while reserved",
-            lambda c: c.request_recycle(LossCause.UNLOAD_STUCK, "freed nothing"),
+            lambda c: c.request_recycle(LossCause.UNLOAD_STUCK, "freed nothing", 1),
             None,
         ),
         ("not yet", tick(1), None),
@@ -312,7 +364,7 @@ def test_scenario(name: str) -> None:
 def test_reserving_a_slot_that_is_not_free_is_a_bug() -> None:
     core = SlotCore("s", "synthetic", SETTINGS, PoisonJobs())
     with pytest.raises(RuntimeError, match="not free"):
-        core.reserve()
+        core.reserve("x")
 
 
 def test_a_job_started_without_a_reservation_is_refused_retryable() -> None:
