@@ -26,6 +26,12 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _at_least_zero(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engines", description=__doc__)
     p.add_argument("--engine", required=True)
@@ -52,6 +58,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default=1,
         help="models kept loaded at once; the least recently used is unloaded first",
     )
+    p.add_argument(
+        "--models-max-bytes",
+        type=_at_least_zero,
+        default=0,
+        help="disk budget of --models-root in bytes: downloads evict the least recently used "
+        "files no host holds to stay within it (0: no budget, nothing is ever evicted)",
+    )
     return p.parse_args(argv)
 
 
@@ -74,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     from engines.host import EngineHost
     from engines.host_options import HostOptions
     from engines.loader import create_engine
+    from engines.model_cache import set_host_budget
+
+    set_host_budget(args.models_max_bytes)
 
     if args.engine == "synthetic":
         from engines.faults import apply_start_faults, parse_fault_options

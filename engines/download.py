@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -46,8 +47,10 @@ from engines.urlgate import check_url
 
 logger = logging.getLogger(__name__)
 
-DOWNLOAD_TIMEOUT_S: Final = 30 * 60
-"""Whole-transfer limit, as the Rust worker's client timeout."""
+DOWNLOAD_TIMEOUT_S: Final = math.inf
+"""No whole-transfer cap in the host: a 20 GB file on a slow link may take hours, and the
+supervisor already stops a download that stalls (``download_stall_s``) or runs past
+``download_deadline_s``. Callers that want a cap of their own pass ``timeout_s``."""
 CONNECT_TIMEOUT_S: Final = 30.0
 READ_TIMEOUT_S: Final = 120.0
 HASH_CHUNK_BYTES: Final = 1 << 20

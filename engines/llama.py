@@ -5,27 +5,27 @@ keep it loaded across jobs under the job's load key (up to ``max_warm_models`` m
 least recently used evicted first; one is reloaded when its file changed on disk),
 render the model's own chat template, refuse a prompt that leaves no room to answer,
 then generate token by token with progress as the liveness signal, honouring stop
-strings, cancellation and ``jsonSchema`` (a grammar built from the schema constrains
-sampling, so the answer parses and validates). The rules themselves live in
-``engines.llm_core`` and ``engines.chat_template``; this module is the llama.cpp driver.
+strings and cancellation. With a ``jsonSchema`` a grammar built from the schema constrains
+sampling, and the answer is validated before it is returned: one that fails is generated
+again once with another seed, then fails the job, so done always means valid. The rules
+themselves live in ``engines.llm_core``, ``engines.chat_template`` and
+``engines.schema_contract``, the token loop in ``engines.llama_generate``; this module
+fetches, loads and keeps models and renders the prompt.
 
-Every failure is an ``EngineError`` (retryable) except a non-llm task, which is
-``UnsupportedTask``. llama.cpp's own error lines are captured while a model loads, so a
-corrupt or truncated file fails the job with llama.cpp's reason instead of a bare
-"failed to load".
+Every failure is an ``EngineError`` (retryable) except a non-llm task (``UnsupportedTask``),
+a schema the grammar cannot enforce (``SchemaRefused``) and an answer that does not satisfy
+it (``InvalidOutput``), none retryable. llama.cpp's own error lines are captured while a
+model loads, so a corrupt or truncated file fails the job with llama.cpp's reason instead of
+a bare "failed to load".
 """
 
 from __future__ import annotations
 
-import codecs
-import ctypes
-import json
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import llama_cpp
-from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
 from engines.base import Engine, JobContext, JsonResult
 from engines.chat_template import merge_kwargs, render_chat
@@ -33,6 +33,7 @@ from engines.cpu_threads import engine_threads
 from engines.errors import EngineError, UnsupportedTask
 from engines.ggml_device import GgmlRegistry, compute_device, probe_device
 from engines.gguf_meta import GgufFormatError, training_context
+from engines.llama_generate import answer
 from engines.llama_model import (
     FileIdentity,
     LoadedModel,
@@ -42,25 +43,21 @@ from engines.llama_model import (
     load_model,
 )
 from engines.llm_core import (
-    Finish,
-    StopHold,
     chat_messages,
     completion_json,
     effective_context,
-    finish_for,
     pick_gguf,
     plan_budget,
     should_add_bos,
 )
-from engines.progress_throttle import PROGRESS_INTERVAL_S, ProgressThrottle
+from engines.progress_throttle import PROGRESS_INTERVAL_S
 from engines.provision import LLM_SUBDIR, ensure_model_files
+from engines.schema_contract import SchemaContract
 from engines.warm_models import WarmModels
 from protocol.ipc import ComputeDevice, ResidentModel
 from protocol.tasks import LlmTask, ModelSource, TaskKindName, task_kind
 
 WILDCARD_MODEL: Final = "llama-cpp:*"
-DEFAULT_SEED: Final = 1234
-_SEED_MODULUS: Final = 0xFFFFFFFF  # u32 seeds, but llama.cpp reads 0xFFFFFFFF as "random"
 
 
 class LlamaEngine(Engine):
@@ -88,17 +85,28 @@ class LlamaEngine(Engine):
         task = ctx.task
         if not isinstance(task, LlmTask):
             raise UnsupportedTask(self.name, task_kind(task))
+        # Before any download or load: a schema the grammar cannot enforce fails at once.
+        schema = task.json_schema
+        contract = SchemaContract.of(schema) if schema is not None else None
         path = self._model_file(ctx)
         loaded = self._ensure_loaded(ctx, path)
         started = time.monotonic()
         tokens = self._prompt_tokens(loaded, task, ctx.model_source)
         budget = plan_budget(len(tokens), task.max_tokens, loaded.n_ctx)
-        text, generated, finish = self._generate(
-            ctx, loaded, task, tokens, budget, self.progress_interval_s
+        text, generated, finish = answer(
+            ctx, loaded, task, tokens, budget, contract, self.progress_interval_s
         )
         elapsed_ms = int((time.monotonic() - started) * 1000)
         return JsonResult(
-            completion_json(ctx.model, text, len(tokens), generated, finish, elapsed_ms)
+            completion_json(
+                ctx.model,
+                text,
+                len(tokens),
+                generated,
+                finish,
+                elapsed_ms,
+                structured=contract is not None,
+            )
         )
 
     def resident(self) -> list[ResidentModel]:
@@ -183,7 +191,7 @@ class LlamaEngine(Engine):
         started = time.monotonic()
         loaded = load_model(identity, n_ctx, n_train, self.threads)
         self.model_loads += 1
-        self._warm.add(key, loaded, identity.size)
+        self._warm.add(key, loaded, identity.size, files=[path])
         ctx.progress("loading", 1, 1, path.name)
         ctx.log(
             "info",
@@ -210,95 +218,6 @@ class LlamaEngine(Engine):
         if not tokens:
             raise EngineError("the rendered chat prompt is empty")
         return tokens
-
-    @staticmethod
-    def _generate(
-        ctx: JobContext,
-        loaded: LoadedModel,
-        task: LlmTask,
-        tokens: list[int],
-        budget: int,
-        interval_s: float,
-    ) -> tuple[str, int, Finish]:
-        """(text, completion tokens, finish reason); raises ``EngineError("cancelled")``."""
-        llama = loaded.llama
-        grammar = _grammar(task.json_schema, loaded.vocab) if task.json_schema is not None else None
-        greedy = task.temperature <= 0
-        llama.set_seed(_seed(task.seed))
-        # No KV-prefix reuse across jobs: the same prompt always gets the same greedy answer.
-        llama.reset()  # type: ignore[no-untyped-call]
-        hold = StopHold(task.stop)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated, hit_end = 0, False
-        if ctx.cancelled.is_set():
-            raise EngineError("cancelled")
-        throttle = ProgressThrottle(
-            lambda done, total: ctx.progress("generating", done, total, ""), interval_s
-        )
-        throttle.update(0, budget)
-        stream = llama.generate(
-            tokens,
-            top_k=0,  # off: the sampler chain is [top-p] -> temperature -> seeded draw
-            top_p=1.0 if task.top_p is None else task.top_p,
-            min_p=0.0,
-            typical_p=1.0,
-            temp=0.0 if greedy else task.temperature,
-            repeat_penalty=1.0,
-            reset=True,
-            grammar=grammar,
-        )
-        try:
-            for token in stream:
-                if ctx.cancelled.is_set():
-                    raise EngineError("cancelled")
-                if llama_cpp.llama_vocab_is_eog(loaded.vocab, token):
-                    hit_end = True
-                    break
-                generated += 1
-                hold.push(decoder.decode(_piece(loaded.vocab, token)))
-                throttle.update(generated, budget)
-                if hold.stopped:
-                    hit_end = True
-                    break
-                if generated >= budget:
-                    break
-        except RuntimeError as exc:  # llama_decode failed: KV cache, device memory ...
-            raise EngineError(f"llama.cpp generation failed: {exc}") from exc
-        finally:
-            stream.close()
-        throttle.finish(generated, budget)
-        hold.push(decoder.decode(b"", final=True))
-        hold.finish()
-        return hold.text, generated, finish_for(generated, budget, hit_end)
-
-
-def _grammar(schema: Any, vocab: llama_cpp.llama_vocab_p) -> LlamaGrammar:
-    """A grammar that only admits JSON valid against ``schema``, checked by llama.cpp
-    before use (a grammar it rejects would otherwise crash the sampler)."""
-    try:
-        gbnf = json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:
-        raise EngineError(f"jsonSchema cannot be turned into a grammar: {exc}") from exc
-    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
-    if not sampler:
-        raise EngineError("jsonSchema produced a grammar that llama.cpp rejects")
-    llama_cpp.llama_sampler_free(sampler)
-    return LlamaGrammar.from_string(gbnf, verbose=False)
-
-
-def _seed(seed: int | None) -> int:
-    return DEFAULT_SEED if seed is None else seed % _SEED_MODULUS
-
-
-def _piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:
-    """The bytes a generated token renders as (control tokens render as nothing)."""
-    size = 64
-    while True:
-        buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, False)
-        if n >= 0:
-            return buf.raw[:n]
-        size = -n  # llama.cpp returns minus the size it needs
 
 
 ENGINE_CLASS = LlamaEngine

@@ -1,12 +1,13 @@
-"""Engine-independent LLM rules: context and token budget, BOS, stop strings, the
-``<think>`` split and the ``chat.completion`` result (protocol.md §9.5).
+"""Engine-independent LLM rules: context and token budget, BOS, stop strings, token bytes
+to text, the ``<think>`` split and the ``chat.completion`` result (protocol.md §9.5).
 
-Pure functions and one small stateful helper (``StopHold``); no llama.cpp, no I/O, so
-every rule is unit-tested without a model. The llama engine drives them.
+Pure functions and two small stateful helpers (``StopHold``, ``TokenText``); no llama.cpp,
+no I/O, so every rule is unit-tested without a model. The llama engine drives them.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
@@ -79,9 +80,13 @@ def completion_json(
     completion_tokens: int,
     finish: Finish,
     elapsed_ms: int,
+    *,
+    structured: bool = False,
 ) -> dict[str, Any]:
-    """The OpenAI-shaped ``chat.completion`` result with real token counts."""
-    content, reasoning = split_reasoning(text)
+    """The OpenAI-shaped ``chat.completion`` result with real token counts. A ``structured``
+    answer (to a ``jsonSchema``) is the JSON that was validated, whole: a ``</think>`` inside
+    one of its strings is no reasoning."""
+    content, reasoning = (text.strip(), None) if structured else split_reasoning(text)
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
@@ -160,3 +165,26 @@ class StopHold:
         out = self._text[self._released : upto]
         self._released = upto
         return out
+
+
+class TokenText:
+    """Token bytes to text, across tokens that split a character.
+
+    A multi-byte character waits in the decoder until its last byte arrives. One that never
+    does (the token budget ran out, or the model ended, mid-character) is dropped by
+    ``finish``, which says how many bytes that was: the text never ends in U+FFFD (as
+    llama-cpp-python's own completion holds incomplete bytes back). Bytes that can never
+    form a character still become U+FFFD where they are.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def finish(self) -> int:
+        """Drop the bytes of an incomplete last character; how many there were (0 to 3)."""
+        pending, _ = self._decoder.getstate()
+        self._decoder.reset()
+        return len(pending)

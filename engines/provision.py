@@ -6,8 +6,12 @@ older workers; llama keeps them in ``<models_root>/llm/`` and reuses
 ``<models_root>/<filename>`` when its size equals ``approxBytes`` (or that is unknown). A
 present file is used as is: no request, no re-verification. A missing one is fetched by
 ``engines.download`` after a free-space preflight, under an exclusive lock that makes two
-threads or host processes asking for one file at once download it once. Input images
-(§9.3) pass the same URL gate and take their extension from their bytes, never their URL.
+threads or host processes asking for one file at once download it once. With a disk budget
+(``models_max_gb``) the preflight makes room instead: it evicts the least recently used
+model files no host holds, and refuses only when even they would not be enough
+(``engines.model_cache``). Every file a job gets is held for it and its use recorded, so
+no host's eviction takes it meanwhile. Input images (§9.3) pass the same URL gate and take
+their extension from their bytes, never their URL.
 
 Everything here runs on the host's job thread and blocks; it never picks an engine or
 decides what a job needs, and never falls back: a file that cannot be had fails the job.
@@ -18,6 +22,8 @@ Errors (all ``ProvisionError``; ``engines.download`` adds the transfer ones):
     <what> URL must use https (...): <url>          plain http to another host, or not http
     model filename must be a plain file name: ...   a name that could leave the cache dir
     not enough disk space for <file>: ...           the declared size + 10 % does not fit
+    not enough room for <file>: ...                 ... nor would it after evicting (budget)
+    <file> was evicted right after its download     other hosts' downloads took the room
     input image ... is not a JPEG, PNG, ...         the body is no image format we know
 """
 
@@ -34,7 +40,9 @@ from typing import Final, Literal, assert_never
 
 from engines.download import download_file, format_fields, part_path
 from engines.errors import ProvisionError
+from engines.file_holds import FileHold, hold_file, release_all
 from engines.file_lock import exclusive_lock
+from engines.model_cache import JOB_FILES, host_budget, make_room, touch_used, trim_to_budget
 from engines.progress_throttle import ProgressFn
 from engines.sniff import SNIFF_BYTES, sniff_image_ext
 from engines.urlgate import check_url
@@ -171,34 +179,24 @@ def ensure_file(
     legacy_needs_size_match: bool = False,
     on_progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    cache_root: Path | None = None,
+    budget_bytes: int | None = None,
 ) -> Path:
     """The local path of ``file``: cached (``dest_dir`` first, then ``legacy_dir``) or fetched.
 
     ``on_progress(done, total)`` is called while the body streams (total 0 when unknown),
-    at most ~10 times a second, and once more at the end with ``done == total``.
+    at most ~10 times a second, and once more at the end with ``done == total``. The file
+    stays held until this host's next provisioning. ``budget_bytes`` (None: the host's) is
+    the budget of ``cache_root`` (default ``dest_dir``), where room is made.
     """
-    name = plain_file_name(file.filename)
-    check_url(file.url, MODEL_FILE)
-    dest = dest_dir / name
-    found = existing_copy(dest, legacy_dir, file.approx_bytes, legacy_needs_size_match)
-    if found is not None:
-        return found
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        # Locked by the part file's name: ``a.gguf`` and ``a.bin`` share ``a.part``.
-        lock = part_path(dest).with_name(part_path(dest).name + ".lock")
-        with exclusive_lock(lock):
-            # Another thread or host may have fetched it while we waited.
-            found = existing_copy(dest, legacy_dir, file.approx_bytes, legacy_needs_size_match)
-            if found is not None:
-                return found
-            _preflight(file, name, dest)
-            download_file(
-                file.url, dest, sha256=file.sha256, on_progress=on_progress, cancel=cancel
-            )
-    except OSError as exc:
-        raise ProvisionError(f"cannot use the model cache at {dest_dir}: {exc}") from exc
-    return dest
+    JOB_FILES.clear()
+    budget = host_budget() if budget_bytes is None else budget_bytes
+    root = cache_root if cache_root is not None else dest_dir
+    hold = _provide(
+        file, dest_dir, legacy_dir, legacy_needs_size_match, on_progress, cancel, root, budget
+    )
+    JOB_FILES.replace([hold])
+    return hold.path
 
 
 def ensure_model_files(
@@ -209,30 +207,108 @@ def ensure_model_files(
     layout: Layout,
     on_progress: Callable[[str, int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    budget_bytes: int | None = None,
 ) -> dict[str, list[Path]]:
     """Every file of ``source`` on disk, by role, each role's paths in source order.
 
     All URLs and names are checked before the first byte is fetched, so a bad entry late in
     the list does not cost a multi-GB download first. ``on_progress`` gets the file name
-    ahead of ``(done, total)``.
+    ahead of ``(done, total)``. The files stay held until this host's next provisioning;
+    the previous one's are let go first, so they may make room for this one's downloads
+    (a model still loaded stays held by its engine). ``budget_bytes``: ``models_root``'s
+    budget (None: the host's, ``--models-max-bytes``).
     """
     for file in source.files:
         plain_file_name(file.filename)
         check_url(file.url, MODEL_FILE)
     dest_dir = model_dir(models_root, model, layout)
+    budget = host_budget() if budget_bytes is None else budget_bytes
+    JOB_FILES.clear()
     paths: dict[str, list[Path]] = {}
-    for file in source.files:
-        per_file = functools.partial(on_progress, file.filename) if on_progress else None
-        path = ensure_file(
-            file,
-            dest_dir,
-            legacy_dir=models_root,
-            legacy_needs_size_match=layout == "llama",
-            on_progress=per_file,
-            cancel=cancel,
-        )
-        paths.setdefault(file.role, []).append(path)
+    holds: list[FileHold] = []
+    try:
+        for file in source.files:
+            per_file = functools.partial(on_progress, file.filename) if on_progress else None
+            hold = _provide(
+                file,
+                dest_dir,
+                models_root,
+                layout == "llama",
+                per_file,
+                cancel,
+                models_root,
+                budget,
+            )
+            holds.append(hold)
+            paths.setdefault(file.role, []).append(hold.path)
+    except BaseException:
+        release_all(holds)
+        raise
+    JOB_FILES.replace(holds)
     return paths
+
+
+def _provide(
+    file: ModelFile,
+    dest_dir: Path,
+    legacy_dir: Path | None,
+    legacy_needs_size_match: bool,
+    on_progress: ProgressFn | None,
+    cancel: threading.Event | None,
+    root: Path,
+    budget: int,
+) -> FileHold:
+    """``file`` held: found, or fetched after the preflight (and a trim to the budget)."""
+    name = plain_file_name(file.filename)
+    check_url(file.url, MODEL_FILE)
+    dest = dest_dir / name
+
+    def held_copy() -> FileHold | None:
+        found = existing_copy(dest, legacy_dir, file.approx_bytes, legacy_needs_size_match)
+        # None as well when an eviction took it since: then it is fetched again.
+        return hold_file(found) if found is not None else None
+
+    hold: FileHold | None = None
+    try:
+        hold = held_copy()
+        if hold is None:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            # Locked by the part file's name: ``a.gguf`` and ``a.bin`` share ``a.part``.
+            lock = part_path(dest).with_name(part_path(dest).name + ".lock")
+            with exclusive_lock(lock):
+                # Another thread or host may have fetched it while we waited.
+                hold = held_copy() or _fetch(file, name, dest, root, budget, on_progress, cancel)
+            if budget > 0:
+                trim_to_budget(root, budget)  # a size that was not declared, or too small
+        touch_used(hold.path)
+    except BaseException as exc:
+        if hold is not None:
+            hold.release()
+        if isinstance(exc, OSError):
+            raise ProvisionError(f"cannot use the model cache at {dest_dir}: {exc}") from exc
+        raise
+    return hold
+
+
+def _fetch(
+    file: ModelFile,
+    name: str,
+    dest: Path,
+    root: Path,
+    budget: int,
+    on_progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> FileHold:
+    """Download ``file`` to ``dest`` (the caller holds its download lock) and hold it."""
+    _preflight(file, name, dest, root, budget)
+    download_file(file.url, dest, sha256=file.sha256, on_progress=on_progress, cancel=cancel)
+    hold = hold_file(dest)
+    if hold is None:
+        raise ProvisionError(
+            f"{name} was evicted right after its download: other engine hosts needed the "
+            "room (models_max_gb is too small for the models in use at once)"
+        )
+    return hold
 
 
 def download_input_image(
@@ -282,9 +358,13 @@ def download_input_image(
     return final
 
 
-def _preflight(file: ModelFile, name: str, dest: Path) -> None:
+def _preflight(file: ModelFile, name: str, dest: Path, root: Path, budget: int) -> None:
+    """Without a budget, the Rust worker's free-space check; with one, make room."""
     try:
-        check_free_space(name, file.approx_bytes, dest.parent)
+        if budget > 0:
+            make_room(root, name, max(0, file.approx_bytes or 0), budget, _free_bytes)
+        else:
+            check_free_space(name, file.approx_bytes, dest.parent)
     except ProvisionError as exc:
         logger.warning(
             "download failed %s",

@@ -157,7 +157,7 @@ class SdCppEngine(Engine):
         ctx.progress("loading", 0, 1, names)
         started = time.monotonic()
         model = self._load(plan, names)
-        self._warm.add(key, _Loaded(model, identity), size)
+        self._warm.add(key, _Loaded(model, identity), size, files=plan.files())
         self.model_loads += 1
         ctx.progress("loading", 1, 1, names)
         ctx.log(

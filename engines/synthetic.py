@@ -5,7 +5,8 @@ function of the prompt (image, video, LLM), the input URL (STT) or the text (TTS
 the pool's reliability tests can check results byte for byte. The ``f32`` arithmetic of the
 Rust code is reproduced by rounding each step to single precision; ``sin``/``cos`` are the
 correctly rounded values, which may differ from a platform ``sinf`` by one unit in the last
-place on a few inputs. Fault injection (``engines.faults``) runs before each job. On a
+place on a few inputs. Fault injection (``engines.faults``) runs before each job; fault
+model ids act only when the host's environment has ``STUDIO_WORKER_FAULTS=1``. On a
 simulated GPU the engine also loads, keeps and frees "models" in GPU memory like a real
 engine (``engines.synthetic_vram``). This module must not import numpy (a test-only
 dependency) or any inference library.
@@ -13,15 +14,17 @@ dependency) or any inference library.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
 import math
+import os
 import re
 import struct
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, assert_never
 
 import PIL
@@ -29,7 +32,7 @@ from PIL import Image, ImageChops, ImageMath
 
 from engines.base import BinaryResult, Engine, EngineResult, JobContext, JsonResult
 from engines.errors import EngineError
-from engines.faults import FaultOptions, apply_job_fault
+from engines.faults import FaultOptions, apply_job_fault, model_faults_enabled
 from engines.synthetic_vram import SimulatedGpu, raise_oom_fault, transient_bytes
 from protocol.ipc import ComputeDevice, ResidentModel
 from protocol.tasks import (
@@ -243,16 +246,22 @@ def wav_header(data_bytes: int) -> bytes:
 class SyntheticEngine(Engine):
     """Serves every kind for ``modelSource.engine == "synthetic"`` offers, whatever the model.
 
-    Routing by source engine is the supervisor's job; model ids named by ``FaultModel`` (and
-    ``faults``) make the process misbehave before the output is produced, and ``BLOB_MODEL``
-    returns ``synthetic_blob`` for any task.
+    Routing by source engine is the supervisor's job; model ids named by ``FaultModel`` make
+    the process misbehave before the output is produced when ``environ`` has
+    ``STUDIO_WORKER_FAULTS=1`` (or ``faults.model_ids`` is set), as do the per-process
+    ``faults``; ``BLOB_MODEL`` returns ``synthetic_blob`` for any task.
     """
 
     name = "synthetic"
 
-    def __init__(self, faults: FaultOptions | None = None) -> None:
+    def __init__(
+        self, faults: FaultOptions | None = None, environ: Mapping[str, str] = os.environ
+    ) -> None:
         super().__init__()
-        self.faults = faults if faults is not None else FaultOptions()
+        faults = faults if faults is not None else FaultOptions()
+        if model_faults_enabled(environ):
+            faults = dataclasses.replace(faults, model_ids=True)
+        self.faults = faults
         self.jobs_started = 0
         # The simulated GPU this host is pinned to (None: the CPU, nothing to load).
         self.gpu = SimulatedGpu.from_environment(self.faults)
@@ -291,7 +300,7 @@ class SyntheticEngine(Engine):
         apply_job_fault(ctx.model, ctx, self.faults, earlier_jobs)
         _check_cancelled(ctx)
         if self.gpu is None:
-            raise_oom_fault(ctx, transient_bytes(ctx.vram_estimate_bytes))
+            raise_oom_fault(ctx, transient_bytes(ctx.vram_estimate_bytes), self.faults)
             return self._produce(ctx)
         if self.gpu.load(ctx, self.max_warm_models):
             self.model_loads += 1

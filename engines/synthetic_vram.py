@@ -27,7 +27,7 @@ from typing import Final
 
 from engines.base import JobContext
 from engines.errors import EngineError
-from engines.faults import FaultModel, FaultOptions
+from engines.faults import FaultModel, FaultOptions, job_fault
 from engines.file_lock import exclusive_lock
 from engines.simulated_gpu import (
     ALLOC_DIR_ENV,
@@ -65,9 +65,9 @@ def transient_bytes(model_bytes: int) -> int:
     return max(int(model_bytes * TRANSIENT_FRACTION), MIN_TRANSIENT_BYTES)
 
 
-def raise_oom_fault(ctx: JobContext, nbytes: int) -> None:
+def raise_oom_fault(ctx: JobContext, nbytes: int, faults: FaultOptions) -> None:
     """``synthetic-oom``: generation runs out of GPU memory (after the model load)."""
-    if ctx.model == FaultModel.OOM:
+    if job_fault(ctx.model, faults) is FaultModel.OOM:
         raise EngineError(oom_text(nbytes))
 
 
@@ -154,9 +154,9 @@ class SimulatedGpu:
         name = f"transient:{ctx.job_id}"
         self._allocate(name, transient_bytes(model_bytes))
         try:
-            raise_oom_fault(ctx, transient_bytes(model_bytes))
+            raise_oom_fault(ctx, transient_bytes(model_bytes), self.faults)
             yield
-            if ctx.model == FaultModel.NOFREE:
+            if job_fault(ctx.model, self.faults) is FaultModel.NOFREE:
                 self._leak_next_unload = True
         finally:
             self._release(name)

@@ -4,16 +4,20 @@ Each engine owns one and decides what a model is; this module only keeps the ord
 sizes the host reports in ``Resident``, and frees through the engine's own function. It
 does no loading and asks nobody: ``before_load`` is the engine's call, made after
 ``make_room`` so the memory of an evicted model is free before the next one is asked for.
-Used on the job thread only, so it takes no lock.
+It holds the files each model was loaded from (``engines.file_holds``) for as long as the
+model stays, so no host's model cache eviction deletes them from under it. Used on the job
+thread only, so it takes no lock.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, TypeVar
 
+from engines.file_holds import FileHold, hold_files, release_all
 from protocol.ipc import ResidentModel
 
 M = TypeVar("M")
@@ -23,6 +27,7 @@ M = TypeVar("M")
 class _Entry(Generic[M]):
     model: M
     size_bytes: int
+    holds: list[FileHold] = field(default_factory=list)
 
 
 class WarmModels(Generic[M]):
@@ -61,10 +66,11 @@ class WarmModels(Generic[M]):
             evicted.append(key)
         return evicted
 
-    def add(self, key: str, model: M, size_bytes: int) -> None:
-        """Keep a freshly loaded model as the most recently used (``key`` must be free)."""
+    def add(self, key: str, model: M, size_bytes: int, files: Iterable[Path] = ()) -> None:
+        """Keep a freshly loaded model as the most recently used (``key`` must be free),
+        holding ``files``, the ones it was loaded from, until it goes."""
         assert key not in self._entries, f"{key} is loaded already"
-        self._entries[key] = _Entry(model, size_bytes)
+        self._entries[key] = _Entry(model, size_bytes, hold_files(files))
 
     def discard(self, key: str) -> bool:
         """Free the model under ``key``; False when there is none. It leaves the set before
@@ -72,7 +78,10 @@ class WarmModels(Generic[M]):
         entry = self._entries.pop(key, None)
         if entry is None:
             return False
-        self._free(key, entry.model)
+        try:
+            self._free(key, entry.model)
+        finally:
+            release_all(entry.holds)
         return True
 
     def clear(self) -> None:

@@ -4,7 +4,10 @@
 before the upgrade (a wrong or unknown token gets an HTTP 401 and no socket), echoes the
 ``studio-worker-v1`` sub-protocol when offered, and then runs, in one task group:
 - the reader: decodes each text frame once and hands it to the dispatcher; binary or
-  undecodable frames are a protocol violation (error frame + close 4002);
+  undecodable frames are a protocol violation (error frame + close 4002); a frame over
+  ``DEFAULT_MAX_FRAME_BYTES`` (16 MiB) never reaches it: the WebSocket layer closes the
+  connection with 1009 (message too big), what a studio behind any WebSocket server does,
+  and the reader logs it;
 - the writer: the only task that writes to the socket, draining the session's outbox in
   order; a close request is sent last and ends the whole connection;
 - the heartbeat watchdog: a session with no hello/heartbeat for ``heartbeat_timeout_s``
@@ -26,7 +29,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from localstudio.auth import bearer_token
 from localstudio.dispatcher import Dispatcher
 from localstudio.session import CloseRequest, WorkerSession
-from protocol.studio import SUBPROTOCOL, CloseCode, FrameError, decode_inbound, encode_frame
+from protocol.studio import (
+    CLOSE_MESSAGE_TOO_BIG,
+    DEFAULT_MAX_FRAME_BYTES,
+    SUBPROTOCOL,
+    CloseCode,
+    FrameError,
+    decode_inbound,
+    encode_frame,
+)
 
 log = logging.getLogger("localstudio")
 
@@ -66,6 +77,14 @@ async def _read_frames(
     """Decode and apply frames until the peer disconnects or the session starts closing."""
     while not session.closing:
         message = await websocket.receive()
+        if message["type"] == "websocket.disconnect" and message.get("code") == (
+            CLOSE_MESSAGE_TOO_BIG
+        ):
+            log.warning(
+                "worker %s sent a frame over the %d-byte limit; its connection is closed (1009)",
+                session.worker_id,
+                DEFAULT_MAX_FRAME_BYTES,
+            )
         if message["type"] == "websocket.disconnect" or session.closing:
             return  # gone, or closed meanwhile (replaced, timed out): ignore the rest
         text = message.get("text")

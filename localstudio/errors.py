@@ -7,6 +7,8 @@ Nothing here does I/O. Each class says who raises it and when::
     |                                    non-loopback bind without an admin token, a data
     |                                    dir that is not a directory, a newer schema)
     +-- StudioStartupError               LocalStudio.serve: uvicorn could not bind
+    +-- DataDirBusyError                 LocalStudio.serve: another studio holds the data
+    |                                    dir's lock (``data_lock``)
     +-- ProtocolViolationError           the dispatcher: a frame before hello, a second
     |                                    hello, or one naming a job this session does not
     |                                    hold; answered ``error{protocol_violation}`` +
@@ -39,6 +41,18 @@ class StudioStartupError(LocalStudioError):
         super().__init__(f"local studio could not listen on {host}:{port}")
         self.host = host
         self.port = port
+
+
+class DataDirBusyError(LocalStudioError):
+    """Another studio process serves this data dir (it holds ``studio.lock``): two on one
+    SQLite database would hand out the same jobs twice. ``pid`` is the holder's, when it
+    wrote one."""
+
+    def __init__(self, data_dir: str, pid: int | None) -> None:
+        who = f"another local studio (pid {pid})" if pid is not None else "another local studio"
+        super().__init__(f"{who} is serving the data dir {data_dir}")
+        self.data_dir = data_dir
+        self.pid = pid
 
 
 class ProtocolViolationError(LocalStudioError):

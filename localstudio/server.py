@@ -9,7 +9,9 @@ and waits up to ``SHUTDOWN_GRACE_S`` for handlers to finish; the database closes
 At startup every job still ``claimed`` goes back to the queue (its session died with
 the previous process). ``offer_rule`` picks how many jobs one worker holds at once
 (``selection.OfferRule``): up to its ``maxConcurrentJobs`` (the default) or, like the
-cloud studio, one offer in flight per worker.
+cloud studio, one offer in flight per worker. One studio per data dir: ``serve`` holds the
+data dir's lock (``data_lock``) from before the database opens until after it closed, and
+refuses with DataDirBusyError while another process holds it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from localstudio.data_lock import data_dir_lock
 from localstudio.dispatcher import Dispatcher
 from localstudio.errors import StudioConfigError, StudioStartupError
 from localstudio.jobs import DEFAULT_MAX_ATTEMPTS
@@ -37,6 +40,7 @@ from localstudio.schema import prepare_data_dir
 from localstudio.selection import OfferRule
 from localstudio.store import Store
 from localstudio.worker_api import WorkerApi
+from protocol.studio import DEFAULT_MAX_FRAME_BYTES
 
 log = logging.getLogger("localstudio")
 
@@ -54,6 +58,7 @@ class StudioSettings:
     admin_token: str | None = None
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
     offer_rule: OfferRule = OfferRule.PER_CAPACITY
+    parent_pid: int | None = None  # the supervisor that started it, written into the lock
 
 
 class _DenialNoiseFilter(logging.Filter):
@@ -107,6 +112,7 @@ class LocalStudio:
         admin_token: str | None = None,
         default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         offer_rule: OfferRule = OfferRule.PER_CAPACITY,
+        parent_pid: int | None = None,
     ) -> None:
         if heartbeat_timeout_s <= 0:
             raise StudioConfigError("heartbeat_timeout_s must be positive")
@@ -119,6 +125,7 @@ class LocalStudio:
             admin_token=admin_token or None,
             default_max_attempts=default_max_attempts,
             offer_rule=offer_rule,
+            parent_pid=parent_pid,
         )
         self._base_url: str | None = None
 
@@ -143,6 +150,11 @@ class LocalStudio:
                 f"refusing to serve the local API on non-loopback {host} without an admin token"
             )
         prepare_data_dir(settings.data_dir)
+        with data_dir_lock(settings.data_dir, settings.parent_pid):
+            await self._serve_locked(host, port, task_status)
+
+    async def _serve_locked(self, host: str, port: int, task_status: TaskStatus[str]) -> None:
+        settings = self.settings
         store = Store.open(settings.data_dir)
         try:
             released = store.jobs.release_orphaned_claims()
@@ -240,6 +252,8 @@ def _uvicorn_server(app: Starlette, host: str, port: int) -> uvicorn.Server:
         host=host,
         port=port,
         ws=ShutdownSafeWebSocketProtocol,
+        # A worker frame over the limit closes its connection with 1009, as a studio would.
+        ws_max_size=DEFAULT_MAX_FRAME_BYTES,
         lifespan="off",
         log_config=None,
         access_log=False,

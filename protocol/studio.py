@@ -46,6 +46,15 @@ class CloseCode(enum.IntEnum):
     WORKER_DELETED = 4004
 
 
+# RFC 6455 §7.4.1: the receiver refuses a message larger than it takes. Not a studio code
+# (``CloseCode``): any WebSocket server closes so, the local studio included.
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+# The largest frame a studio takes from a worker unless configured otherwise: the cloud
+# studio's own limit is not published, 16 MiB is a WebSocket server's usual default
+# (uvicorn's), and the local studio enforces it. A worker checks its frames against its
+# config's ``max_frame_bytes`` (this by default) before it sends them.
+DEFAULT_MAX_FRAME_BYTES: Final = 16 * 2**20
+
 _CLOSE_FOR_ERROR: Final = {
     ERROR_AUTH_FAILED: CloseCode.AUTH_FAILED,
     ERROR_PROTOCOL_VIOLATION: CloseCode.PROTOCOL_VIOLATION,

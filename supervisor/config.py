@@ -2,9 +2,15 @@
 
 An operator can swap the Rust worker for this one and keep the registration: the Rust keys
 are read and written unchanged, and this worker's own keys (engine slots, restart and
-recycle policy, timeouts) sit beside them with documented defaults. Unknown keys load fine
-and vanish on the next save. Saves are atomic (temp file in the same directory, fsync,
-rename) and owner-only (0600) because the file holds credentials.
+recycle policy, timeouts, the model cache budget) sit beside them with documented defaults.
+A save writes only the keys whose values changed: every other byte of the operator's file
+(comments, order, keys this worker does not know, the Rust worker's legacy keys) stays as it
+was, unlike the Rust worker, whose saves drop unknown keys. Saves are atomic and owner-only
+(0600, ``supervisor.config_file``) because the file holds credentials, and ``start``
+sets a file holding one with group or other permission bits to 0600, with a warning
+(``secure_config``).
+The Rust worker's legacy ``engines`` (a string such as ``"multi"``) shares its name with
+this worker's slot list: a value that is not a list of strings is ignored with a warning.
 
 Secrets (``auth_token``, ``registration_secret``, ``local_api_token``) never reach a log
 line or an exception text: ``WorkerConfig``'s repr redacts them and parse errors report
@@ -23,8 +29,14 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
-import tomli_w
 
+from supervisor.config_file import (
+    UnpatchableError,
+    make_private,
+    patch_toml,
+    render_toml,
+    write_private,
+)
 from supervisor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,10 +45,10 @@ APP_DIR_NAME: Final = "minis-studio-worker"
 CONFIG_FILE_NAME: Final = "config.toml"
 DEFAULT_API_BASE_URL: Final = "https://studio.minis.gg/"
 DEFAULT_UPDATE_FEED: Final = "https://api.github.com/repos/webbertakken/studio-worker/releases"
+DEFAULT_ENGINES: Final = ("synthetic",)
 REQUIRED_KEYS: Final = ("api_base_url", "vram_threshold_gb", "auto_start")
 SECRET_FIELDS: Final = frozenset({"auth_token", "registration_secret", "local_api_token"})
 REDACTED: Final = "<redacted>"
-CONFIG_MODE: Final = 0o600
 
 LogFormat = Literal["text", "json"]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -100,7 +112,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     registration_secret: str | None = None
 
     # --- this worker's keys ---
-    engines: tuple[str, ...] = ("synthetic",)
+    engines: tuple[str, ...] = DEFAULT_ENGINES
     """Engine slot specs, e.g. ``"sdcpp@0"`` (engine on GPU 0) or ``"synthetic"``."""
     restart_backoff_base_s: PosFloat = 0.5
     restart_backoff_max_s: PosFloat = 30.0
@@ -130,6 +142,17 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Unload a model unused for this long; 0 = never unload for idleness."""
     vram_unload_timeout_s: PosFloat = 20.0
     """How long an unload may take to show as free memory before its host is recycled."""
+    models_max_gb: NonNegFloat = 0.0
+    """Disk budget of ``models_root`` in GiB; 0 = none. Least recently used files that no
+    host holds are evicted before a download would exceed it."""
+    download_stall_s: PosFloat = 300.0
+    """A model download that receives no bytes for this long is stopped (host restarted)."""
+    download_deadline_s: PosFloat = 14400.0
+    """A model download still running after this long is stopped; not part of the job
+    deadline, which starts when the download ends."""
+    max_frame_bytes: PosInt = 16 * 2**20
+    """The studio's WebSocket frame limit: a JSON result (with its echoed prompt) larger
+    than this fails its job ``retryable: false`` instead of dropping the session."""
 
     @property
     def has_credentials(self) -> bool:
@@ -196,8 +219,42 @@ def _toml_error_position(exc: tomllib.TOMLDecodeError) -> str:
     return match.group(1) if match else "at an unknown position"
 
 
-def _parse(path: Path, data: bytes) -> WorkerConfig:
-    """Decode file bytes; every error text carries the path and a category, no content."""
+def _toml_type(value: object) -> str:
+    """A TOML value's kind, for a message that must not show the value itself."""
+    kinds: tuple[tuple[type, str], ...] = (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "table"),
+    )
+    return next((name for kind, name in kinds if isinstance(value, kind)), "date or time")
+
+
+def _is_slot_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _drop_legacy_engines(raw: dict[str, Any], path: Path, quiet: bool) -> None:
+    """The Rust worker's ``engines`` (e.g. ``"multi"``) is not our slot list: use ours."""
+    if "engines" not in raw or _is_slot_list(raw["engines"]):
+        return
+    kind = _toml_type(raw.pop("engines"))
+    if not quiet:
+        log.warning(
+            "config: ignoring `engines` (a %s) in %s: this worker's `engines` is a list of "
+            'engine slots such as ["sdcpp@0", "llama"] (a Rust worker\'s legacy value is '
+            "left in the file); using %s",
+            kind,
+            path,
+            list(DEFAULT_ENGINES),
+        )
+
+
+def _decode(path: Path, data: bytes, *, quiet: bool = False) -> WorkerConfig:
+    """Decode file bytes; every error text carries the path and a category, no content.
+    ``quiet``: no log lines about ignored keys (a save re-reads what a load reported)."""
     where = f"parsing {CONFIG_FILE_NAME} ({path})"
     detail: str | None = None
     raw: dict[str, Any] = {}
@@ -213,16 +270,24 @@ def _parse(path: Path, data: bytes) -> WorkerConfig:
             detail = f"missing field `{missing[0]}`"
     if detail is None:
         unknown = sorted(set(raw) - set(WorkerConfig.__struct_fields__))
-        if unknown:
+        if unknown and not quiet:
             log.debug("config: ignoring unknown keys %s path=%s", ", ".join(unknown), path)
+        _drop_legacy_engines(raw, path, quiet)
         if isinstance(raw.get("models_root"), str):
             raw["models_root"] = expand_home(raw["models_root"])
         try:
             return msgspec.convert(raw, WorkerConfig, dec_hook=_decode_path)
         except msgspec.ValidationError as exc:
             detail = _QUOTED.sub("'…'", str(exc))
-    log.warning("config: %s is invalid path=%s", CONFIG_FILE_NAME, path)
     raise ConfigError(f"{where}: {detail}")
+
+
+def _parse(path: Path, data: bytes) -> WorkerConfig:
+    try:
+        return _decode(path, data)
+    except ConfigError:
+        log.warning("config: %s is invalid path=%s", CONFIG_FILE_NAME, path)
+        raise
 
 
 def load_config(path: Path) -> WorkerConfig:
@@ -247,48 +312,58 @@ def load_config(path: Path) -> WorkerConfig:
     return cfg
 
 
+def secure_config(path: Path, cfg: WorkerConfig) -> None:
+    """Set the file to 0600, with a warning, when it holds a secret (``cfg`` was loaded from
+    it) and grants group or other bits. Called where a worker starts, once its logging is
+    set up, and when the running worker re-reads the file: that is where the operator
+    looks for the warning."""
+    make_private(path, holds_secret=any(getattr(cfg, name) for name in SECRET_FIELDS))
+
+
+def _file_values(cfg: WorkerConfig) -> dict[str, Any]:
+    """Every field as TOML-ready builtins (paths as strings); unset optional keys None."""
+    values: dict[str, Any] = msgspec.to_builtins(cfg, enc_hook=_encode_path)
+    return values
+
+
+def changed_values(before: WorkerConfig, after: WorkerConfig) -> dict[str, Any | None]:
+    """The fields whose value differs, as file values (None: remove the key), field order."""
+    old, new = _file_values(before), _file_values(after)
+    return {key: value for key, value in new.items() if old[key] != value}
+
+
 def render_config(cfg: WorkerConfig) -> str:
-    """The TOML text ``save_config`` writes (unset optional keys omitted); includes secrets."""
-    values = msgspec.to_builtins(cfg, enc_hook=_encode_path)
-    return tomli_w.dumps({key: value for key, value in values.items() if value is not None})
+    """The TOML text of a fresh file for ``cfg`` (unset optional keys omitted); includes
+    secrets."""
+    return render_toml({k: v for k, v in _file_values(cfg).items() if v is not None})
 
 
-def save_config(path: Path, cfg: WorkerConfig) -> None:
-    """Atomically replace ``path`` with ``cfg`` (mode 0600); parent directories are created.
+def _patched(path: Path, cfg: WorkerConfig, previous: WorkerConfig | None) -> bytes:
+    """The file's bytes with only the changed keys rewritten, or a fresh rendering when
+    there is no file, or one that cannot be edited in place. Raises OSError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return render_config(cfg).encode("utf-8")
+    try:
+        base = previous if previous is not None else _decode(path, data, quiet=True)
+        return patch_toml(data.decode("utf-8"), changed_values(base, cfg)).encode("utf-8")
+    except (ConfigError, UnicodeDecodeError, UnpatchableError):
+        # Credentials must land in a file that loads; the broken one cannot keep its style.
+        log.warning("config: %s is not a valid config; rewriting it whole", path)
+        return render_config(cfg).encode("utf-8")
+
+
+def save_config(path: Path, cfg: WorkerConfig, *, previous: WorkerConfig | None = None) -> None:
+    """Write ``cfg`` to ``path``, atomically and with mode 0600; parent directories are
+    created. Only keys whose value differs from ``previous`` (default: what the file holds
+    now) are rewritten; the rest of the file stays byte for byte.
 
     Raises ConfigError ``saving config.toml (...)``; no temp file is left behind either way.
     """
-    data = render_config(cfg).encode("utf-8")
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        Path(tmp).chmod(CONFIG_MODE)  # mkstemp already makes it 0600; say so explicitly
-        Path(tmp).replace(path)
-        tmp = None
-        _fsync_dir(path.parent)
+        write_private(path, _patched(path, cfg, previous))
     except OSError as exc:
         log.warning("config: save failed path=%s error=%s", path, exc.strerror)
         raise ConfigError(f"saving {CONFIG_FILE_NAME} ({path}): {exc.strerror}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     log.debug("config saved path=%s", path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; best effort (not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,7 +8,10 @@ the command line is here, with the exit status the CLI ends with (``exit_codes.p
     ├── SlotSpecError              2     a bad ``--engines`` / ``engines`` entry (slot_spec.py)
     ├── StartupError               2     a named engine's library is missing (runtime.py)
     ├── MetricsListenError         2     --metrics HOST:PORT unusable or unbindable (metrics.py)
+    ├── ControlListenError         2     the control socket cannot be opened (control.py)
     ├── LocalStudioError           2     ``start --local``: the studio did not come up
+    ├── LocalConfigConflict        2     ``start --local``: the config is another studio's
+    ├── AnotherSupervisorRunning   6     ``start``: a supervisor already runs with the config
     ├── GpuError                   1     the GPUs (supervisor/gpu/)
     │   ├── GpuReadError           1     NVML error, unreadable simulation file
     │   └── DeviceIndexError       2     ``engine@N`` names a GPU that is not present
@@ -27,6 +30,7 @@ the command line is here, with the exit status the CLI ends with (``exit_codes.p
     └── SessionError               1     the WebSocket session ended abnormally (ws_client, session)
         ├── SessionTransportError  1     connect / upgrade / send failed: reconnect
         ├── SessionProtocolError   1     binary or unparseable frame: reconnect
+        ├── FrameTooLarge          1     a frame over ``max_frame_bytes``, not sent: its job fails
         ├── SessionDisconnected    1     closed by the studio (not 4001) or silent: reconnect
         ├── AuthFailed             3     401 upgrade, close 4001, auth_failed frame: stop
         ├── SessionFatal           4     any other ``error`` frame: stop
@@ -102,12 +106,60 @@ class MetricsListenError(WorkerError):
     exit_code = ExitCode.USAGE
 
 
-class LocalStudioError(WorkerError):
-    """Raised by local_launch.py when the ``--local`` studio process did not come up (port
-    taken, crash at start); the message has the tail of its log. The operator picks
-    another ``--local-port`` or reads ``studio.log``."""
+class ControlListenError(WorkerError):
+    """Raised by control.py at start-up when the control socket cannot be opened (its
+    directory is read-only, or the private fallback directory is not ours)."""
 
     exit_code = ExitCode.USAGE
+
+
+class LocalStudioError(WorkerError):
+    """Raised by owned_studio/ when the ``--local`` studio process did not come up (its port
+    held by another program, its data dir held by a studio the supervisor did not start, a
+    crash at start); the message says which, with the tail of its log. The operator picks
+    another ``--local-port``, stops what holds the data dir, or reads ``studio.log``. (Also
+    ``studio serve``'s own refusals, from studio_commands.py.)"""
+
+    exit_code = ExitCode.USAGE
+
+
+class LocalConfigConflict(WorkerError):
+    """Raised by ``start --local`` (owned_studio/ownership.py) before anything starts, when
+    the config holds a registration with a studio that is not on this machine's loopback:
+    the local studio would replace it. The operator runs ``start --local`` without
+    ``--config`` (it keeps a config of its own) or gives it another config."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, config_path: Path, api_base_url: str, local_config: Path) -> None:
+        super().__init__(
+            f"{config_path} is registered with the studio at {api_base_url}; `start --local` "
+            "would replace that registration. Run `supervisor start --local` without --config "
+            f"(it keeps its own config, {local_config}), or give it a config of its own"
+        )
+        self.config_path = config_path
+        self.api_base_url = api_base_url
+
+
+class AnotherSupervisorRunning(WorkerError):
+    """Raised by ``start`` (instance_lock.py) before anything is created, when another
+    supervisor holds ``daemon.lock`` beside the config: two on one config would share one
+    worker id and knock each other's session off. The one running is left alone; the
+    operator stops it first or starts this one with another ``--config``."""
+
+    exit_code = ExitCode.ALREADY_RUNNING
+
+    def __init__(self, config_path: Path, pid: int | None) -> None:
+        if pid is not None:
+            running = f"another supervisor (pid {pid}) is running with {config_path}"
+        else:  # it has not written its pid yet
+            running = f"another supervisor is running with {config_path}"
+        super().__init__(
+            f"{running}; `supervisor --config {config_path} status` shows it: stop it before "
+            "starting another"
+        )
+        self.config_path = config_path
+        self.pid = pid
 
 
 class GpuError(WorkerError):
@@ -255,6 +307,23 @@ class SessionTransportError(SessionError):
 
 class SessionProtocolError(SessionError):
     """A binary or unparseable frame from the studio: the session is dropped and retried."""
+
+
+class FrameTooLarge(SessionError):
+    """Raised by ws_client.py's ``send`` for a frame larger than the studio's frame limit
+    (config ``max_frame_bytes``), before anything is sent: the session is intact. The job
+    runner fails that job ``retryable: false`` (a JSON result that big, with its echoed
+    prompt, fails on any worker); anywhere else the session reconnects. The operator raises
+    ``max_frame_bytes`` only if the studio is known to take larger frames."""
+
+    def __init__(self, label: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{label} frame of {size} bytes is over the studio's frame limit of {limit} bytes "
+            "(max_frame_bytes)"
+        )
+        self.label = label
+        self.size = size
+        self.limit = limit
 
 
 class SessionDisconnected(SessionError):

@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     AUTH = 3
     STUDIO_FATAL = 4
     RECONNECT_CAP = 5
+    ALREADY_RUNNING = 6
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ EXIT_CODES: Final[Mapping[ExitCode, ExitCodeInfo]] = {
     ExitCode.USAGE: ExitCodeInfo(
         "usage or configuration error: a bad flag or value, a bad config file or config value, "
         "an unsupported URL scheme, a missing engine library, an unbindable metrics address, "
-        "`engine@N` beyond the GPUs present",
+        "a control socket that cannot be opened, `engine@N` beyond the GPUs present",
         "fix the command line or the config as the `error:` line says; a restart cannot fix it",
         False,
     ),
@@ -71,6 +72,15 @@ EXIT_CODES: Final[Mapping[ExitCode, ExitCodeInfo]] = {
         "`ws_reconnect_attempts` consecutive reconnects failed (only when a cap is set)",
         "fix the network or the studio URL, or remove the cap (systemd starts a fresh process "
         "up to `StartLimitBurst` times)",
+        True,
+    ),
+    # Restarted: under the unit this means someone runs a second supervisor on the service's
+    # config by hand; once it stops, a restart takes over, and StartLimitBurst bounds the tries.
+    ExitCode.ALREADY_RUNNING: ExitCodeInfo(
+        "`start`: another supervisor is running with this config (it holds `daemon.lock` "
+        "beside the config file); the one running keeps its session",
+        "`supervisor status` shows the one running (the `error:` line names its pid); stop it "
+        "first, or start this one with another `--config`",
         True,
     ),
 }

@@ -1,5 +1,8 @@
 """The config as the running supervisor sees it: re-read when the file changes on disk,
 so ``supervisor set-threshold`` reaches the studio with the next heartbeat, no reconnect.
+
+``update`` writes only the keys it changes, so an edit the operator made to another key
+since the last read is kept, not overwritten with the value this process remembers.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from supervisor.config import WorkerConfig, load_config, save_config
+from supervisor.config import WorkerConfig, load_config, save_config, secure_config
 from supervisor.errors import ConfigError
 
 log = logging.getLogger("supervisor.config")
@@ -34,6 +37,7 @@ class LiveConfig:
             try:
                 self._cfg = load_config(self.path)
                 self._stamp = stamp
+                secure_config(self.path, self._cfg)
             except ConfigError as exc:
                 # Keep serving with the last good config; the operator sees why.
                 log.warning("config change ignored: %s", exc)
@@ -42,8 +46,9 @@ class LiveConfig:
 
     def update(self, **changes: object) -> WorkerConfig:
         """Change fields, save atomically, and serve the new values at once."""
-        cfg = msgspec.structs.replace(self.current(), **changes)
-        save_config(self.path, cfg)
+        before = self.current()
+        cfg = msgspec.structs.replace(before, **changes)
+        save_config(self.path, cfg, previous=before)
         self._cfg = cfg
         self._stamp = self._stat()
         return cfg

@@ -1,6 +1,13 @@
 """``supervisor start``: wire config, registration, pool, control socket and session
 under one root task group, and turn signals into a two-stage shutdown.
 
+One supervisor per config: the first thing it does is take ``daemon.lock`` beside the
+config (``instance_lock``), before it writes the config or creates a socket, a studio or a
+host, and it holds it to its last line. With ``--local`` (``StartOptions.local``) it owns a
+local studio: started first, kept up while it runs (``owned_studio.keeper``), stopped
+last; and when that studio no longer knows the worker (401: its data was reset) it
+registers with it again by itself, which it never does with a studio it does not own.
+
 First SIGINT/SIGTERM: stop accepting (offers are rejected ``paused``), let running jobs
 finish within the drain grace, ship the last log batch, close the session with 1000
 ``session ended``, stop the hosts politely. Second signal: stop now (hosts are killed;
@@ -11,6 +18,7 @@ how it ended.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -21,11 +29,14 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from engines.cache_budget import budget_bytes
 from engines.catalog import missing_backend
 from protocol.studio import Capabilities
-from supervisor.config import WorkerConfig, load_config
+from supervisor.config import WorkerConfig, load_config, save_config, secure_config
 from supervisor.errors import (
     AuthFailed,
+    ControlListenError,
+    LocalStudioError,
     MetricsListenError,
     ReconnectExhausted,
     RegistrationAbortedError,
@@ -35,9 +46,13 @@ from supervisor.errors import (
     WorkerError,
 )
 from supervisor.exit_codes import ExitCode
+from supervisor.instance_lock import hold_instance_lock
 from supervisor.live_config import LiveConfig
 from supervisor.ops.control import ControlServer, socket_path
 from supervisor.ops.metrics_server import MetricsServer, parse_listen
+from supervisor.owned_studio.keeper import StudioKeeper
+from supervisor.owned_studio.launch import LocalStudioSpec
+from supervisor.owned_studio.ownership import check_owned_config, pointed_at, studio_data_dir
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.pool.gpu_setup import prepared_gpus
 from supervisor.pool.policies import RecycleLimits
@@ -46,7 +61,7 @@ from supervisor.pool.slot_spec import SlotSpec, parse_engines
 from supervisor.studio.capabilities import build_capabilities
 from supervisor.studio.http import StudioHttp
 from supervisor.studio.log_queue import LogShipQueue, ShipHandler
-from supervisor.studio.registration import ensure_registered
+from supervisor.studio.registration import ensure_registered, register_again
 from supervisor.studio.session import SessionDeps, SessionTimings
 from supervisor.studio.session_loop import serve_studio
 from supervisor.studio.urls import build_connect_url, normalize_base_url
@@ -66,6 +81,7 @@ class StartOptions:
     registration_poll_s: float = 30.0
     heartbeat_s: float = 1.0  # host -> supervisor
     metrics_listen: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz
+    local: LocalStudioSpec | None = None  # `--local`: run and own a local studio
 
 
 def slot_specs(cfg: WorkerConfig, opts: StartOptions) -> list[SlotSpec]:
@@ -100,10 +116,13 @@ def check_start(
 ) -> list[SlotSpec]:
     """Every start-up check that needs no process, socket or network, run before anything
     is created: the engine list and its libraries, the studio URL (unless ``studio_url``
-    is False: ``--local`` replaces it), the metrics address, and with ``gpus`` that every
+    is False), or with ``--local`` that the config is not another studio's (the local
+    studio's URL replaces it), the metrics address, and with ``gpus`` that every
     ``engine@N`` names a GPU that is there (``DeviceIndexError``). Returns the slots."""
     specs = slot_specs(cfg, opts)
-    if studio_url:
+    if opts.local is not None:
+        check_owned_config(cfg, opts.config_path)
+    elif studio_url:
         check_studio_url(cfg, opts.config_path)
     listen = opts.metrics_listen or cfg.metrics_listen
     if listen:
@@ -117,11 +136,14 @@ def check_start(
 def pool_settings(cfg: WorkerConfig, opts: StartOptions) -> PoolSettings:
     return PoolSettings(
         models_root=Path(cfg.models_root),
+        models_max_bytes=budget_bytes(cfg.models_max_gb),
         heartbeat_s=opts.heartbeat_s,
         ready_timeout_s=cfg.ready_timeout_s,
         heartbeat_timeout_idle_s=cfg.heartbeat_timeout_idle_s,
         heartbeat_timeout_busy_s=cfg.heartbeat_timeout_busy_s,
         heartbeat_timeout_loading_s=cfg.heartbeat_timeout_loading_s,
+        download_stall_s=cfg.download_stall_s,
+        download_deadline_s=cfg.download_deadline_s,
         restart_backoff_base_s=cfg.restart_backoff_base_s,
         restart_backoff_max_s=cfg.restart_backoff_max_s,
         crash_loop_max=cfg.crash_loop_max,
@@ -141,17 +163,25 @@ class Supervisor:
 
     def __init__(self, opts: StartOptions) -> None:
         self.opts = opts
-        cfg = load_config(opts.config_path)
-        self.specs = check_start(cfg, opts)  # raises before anything is created
-        listen = opts.metrics_listen or cfg.metrics_listen
-        self.state = WorkerState()
-        self.logs = LogShipQueue()
-        # Closed at the end of `run`, or here when the pool cannot be made.
+        # Before anything else, the config file included: a second supervisor on this config
+        # must leave the first one's socket, studio, hosts and registration alone.
+        lock = hold_instance_lock(opts.config_path)
+        # Closed at the end of `run` (the lock last), or here when the pool cannot be made.
         with contextlib.ExitStack() as resources:
+            resources.callback(lock.release)
+            cfg = load_config(opts.config_path)
+            secure_config(opts.config_path, cfg)  # logging is set up by now: the warning shows
+            self.specs = check_start(cfg, opts)  # raises before anything is created
             gpus = resources.enter_context(prepared_gpus(self.specs, cfg, os.environ))
             self.pool = EnginePool(self.specs, pool_settings(cfg, opts), gpus)
             self._resources = resources.pop_all()
+        listen = opts.metrics_listen or cfg.metrics_listen
+        self.state = WorkerState()
+        self.logs = LogShipQueue()
         self.pool.add_listener(self.state.nudge)
+        self.keeper = (
+            StudioKeeper(studio_data_dir(opts.config_path), opts.local) if opts.local else None
+        )
         self.stop = anyio.Event()
         self.stop_reason = "session ended"
         self.initial_config = cfg
@@ -169,21 +199,18 @@ class Supervisor:
                 logger.setLevel(logging.INFO)
                 raised.append(logger)
         code = 0
-        startup_error: MetricsListenError | None = None
+        startup_error: MetricsListenError | LocalStudioError | ControlListenError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
-                await tg.start(self.pool.serve)
-                control = ControlServer(socket_path(self.opts.config_path), self.pool, self.state)
-                await tg.start(control.serve)
-                if self.metrics is not None:
-                    startup_error = await self._start_metrics(tg, self.metrics)
+                startup_error = await self._start_parts(tg)
                 if startup_error is None:
                     await self._wait_for_hosts()
                     code = await self._serve_studio()
                     await self._drain_pool()
                 tg.cancel_scope.cancel()
             if startup_error is not None:
+                code = startup_error.exit_code  # what the summary line and the CLI report
                 raise startup_error
         finally:
             self._resources.close()
@@ -192,6 +219,26 @@ class Supervisor:
             for logger in raised:  # leave the embedding process's logging as it was
                 logger.setLevel(logging.NOTSET)
         return code
+
+    async def _start_parts(
+        self, tg: anyio.abc.TaskGroup
+    ) -> MetricsListenError | LocalStudioError | ControlListenError | None:
+        """The owned studio first (one that cannot start spawns no host), then the hosts,
+        the control socket and the metrics endpoint; returns the start-up error, if any."""
+        if self.keeper is not None:
+            studio_error = await self._start_local_studio(tg, self.keeper)
+            if studio_error is not None:
+                return studio_error
+        await tg.start(self.pool.serve)
+        control = ControlServer(socket_path(self.opts.config_path), self.pool, self.state)
+        try:
+            await tg.start(control.serve)
+        except ControlListenError as exc:
+            self.stop_reason = str(exc)
+            return exc
+        if self.metrics is not None:
+            return await self._start_metrics(tg, self.metrics)
+        return None
 
     async def _start_metrics(
         self, tg: anyio.abc.TaskGroup, metrics: MetricsServer
@@ -203,6 +250,23 @@ class Supervisor:
         except MetricsListenError as exc:
             self.stop_reason = str(exc)
             return exc
+        return None
+
+    async def _start_local_studio(
+        self, tg: anyio.abc.TaskGroup, keeper: StudioKeeper
+    ) -> LocalStudioError | None:
+        """Start the owned studio and point the config at it (its registration, if any,
+        was checked to be a local one by ``check_start``); a studio that cannot start is
+        returned, like a metrics port, to leave ``run`` as itself."""
+        try:
+            url = await tg.start(keeper.serve)
+        except LocalStudioError as exc:
+            self.stop_reason = str(exc)
+            return exc
+        changed = pointed_at(self.initial_config, url)
+        if changed is not None:
+            save_config(self.opts.config_path, changed, previous=self.initial_config)
+            self.initial_config = changed
         return None
 
     async def _serve_studio(self) -> int:
@@ -227,7 +291,20 @@ class Supervisor:
                     stop=self.stop,
                     timings=timings,
                 )
-                await serve_studio(deps)
+                # Registering again after a 401 is only for a studio this supervisor owns.
+                reregister = (
+                    functools.partial(
+                        register_again,
+                        deps.config,
+                        self._capabilities,
+                        self.stop,
+                        self.opts.registration_poll_s,
+                        http=http,
+                    )
+                    if self.keeper is not None
+                    else None
+                )
+                await serve_studio(deps, reregister=reregister)
         except RegistrationAbortedError as exc:
             log.info("%s", exc)
             return exc.exit_code

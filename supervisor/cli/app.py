@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from supervisor.cli import commands
+from supervisor.cli.local_launch import command_config_path
 from supervisor.cli.output import fail as _fail
 from supervisor.cli.output import run as _run
 from supervisor.cli.studio_app import studio_app, submit
@@ -78,9 +79,23 @@ def _global_options(
     )
 
 
-def _config_path(ctx: typer.Context) -> Path:
+def _config_path(ctx: typer.Context, *, local: bool = False) -> Path:
+    """The command's config: ``--config``, else with ``--local`` the local worker's own
+    (what ``start --local`` uses), else the default."""
     options = ctx.ensure_object(GlobalOptions)
-    return options.config_path
+    return command_config_path(
+        options.config_path, explicit_config=options.explicit_config, local=local
+    )
+
+
+LocalOption = Annotated[
+    bool,
+    typer.Option(
+        "--local",
+        help="The supervisor started with `start --local` (its own config beside the default "
+        "one; --config wins).",
+    ),
+]
 
 
 @app.command()
@@ -183,9 +198,9 @@ def start(
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
+def status(ctx: typer.Context, local: LocalOption = False) -> None:
     """Registration, session and every engine slot of the running supervisor."""
-    path = _config_path(ctx)
+    path = _config_path(ctx, local=local)
     try:
         text, down = commands.status(path)
     except WorkerError as exc:
@@ -196,16 +211,16 @@ def status(ctx: typer.Context) -> None:
 
 
 @app.command()
-def pause(ctx: typer.Context) -> None:
+def pause(ctx: typer.Context, local: LocalOption = False) -> None:
     """Reject new offers (runtime only; running jobs finish)."""
-    path = _config_path(ctx)
+    path = _config_path(ctx, local=local)
     _run(lambda: commands.control(path, "pause"))
 
 
 @app.command()
-def resume(ctx: typer.Context) -> None:
+def resume(ctx: typer.Context, local: LocalOption = False) -> None:
     """Accept offers again after `pause`."""
-    path = _config_path(ctx)
+    path = _config_path(ctx, local=local)
     _run(lambda: commands.control(path, "resume"))
 
 

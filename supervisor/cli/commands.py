@@ -15,20 +15,13 @@ from typing import Final
 from supervisor import __version__
 from supervisor.config import load_config, render_config, save_config
 from supervisor.errors import ControlError, SupervisorNotRunning, UsageError
+from supervisor.owned_studio.ownership import REGISTRATION_FIELDS  # what --reset clears
 from supervisor.studio.urls import normalize_base_url
 
 log = logging.getLogger("supervisor.commands")
 
 BUILD_VARIANT: Final = "cpu"
 START_HINT: Final = "run `supervisor start` to auto-register"
-
-REGISTRATION_FIELDS: Final = (
-    "worker_id",
-    "auth_token",
-    "registration_request_id",
-    "registration_secret",
-    "install_id",
-)
 
 
 def version_text() -> str:
@@ -42,13 +35,13 @@ def register(cfg_path: Path, *, api_base_url: str | None = None, reset: bool = F
     The next ``supervisor start`` submits a registration request. Raises UrlError for a URL
     the worker could never use (the stored text stays exactly what was given otherwise).
     """
-    cfg = load_config(cfg_path)
+    loaded = cfg = load_config(cfg_path)
     if api_base_url is not None:
         normalize_base_url(api_base_url)
         cfg = cfg.replace(api_base_url=api_base_url)
     if reset:
         cfg = cfg.replace(**dict.fromkeys(REGISTRATION_FIELDS))
-    save_config(cfg_path, cfg)
+    save_config(cfg_path, cfg, previous=loaded)
     if reset:
         return f"local registration state cleared; {START_HINT}"
     return f"saved; {START_HINT} against {cfg.api_base_url}"
@@ -69,8 +62,9 @@ def set_threshold(cfg_path: Path, gb: float) -> str:
     """Save ``vram_threshold_gb`` (the largest job estimate this worker claims)."""
     if not math.isfinite(gb) or gb < 0:
         raise UsageError("threshold must be >= 0")
-    cfg = load_config(cfg_path).replace(vram_threshold_gb=gb)
-    save_config(cfg_path, cfg)
+    loaded = load_config(cfg_path)
+    # Only this key is written: the rest of the operator's file stays as it is.
+    save_config(cfg_path, loaded.replace(vram_threshold_gb=gb), previous=loaded)
     log.info('vram threshold set op="set_threshold" vram_threshold_gb=%s', gb)
     return f"vram_threshold_gb = {_display_float(gb)}"
 

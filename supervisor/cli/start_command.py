@@ -10,17 +10,17 @@ a setting an operator normally needs.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from pathlib import Path
 from typing import Final, get_args
 
 from engines.cpu_threads import THREADS_ENV, parse_threads_override
-from supervisor.cli.local_launch import local_config_path, local_studio
+from supervisor.cli.local_launch import command_config_path
 from supervisor.cli.logging_setup import configure_logging
 from supervisor.config import LogFormat, load_config
 from supervisor.errors import UsageError
+from supervisor.owned_studio.launch import LocalStudioSpec
 from supervisor.runtime import StartOptions, check_start, run_supervisor
 from supervisor.studio.registration import POLL_INTERVAL_S
 
@@ -68,8 +68,7 @@ def run_start(
     """Check everything that can be checked without starting anything, then run; every
     refusal is a WorkerError raised before the first log line (the CLI prints it as one
     ``error:`` line). Returns the exit status of the supervisor (``exit_codes.py``)."""
-    if local and not explicit_config:
-        config_path = local_config_path()
+    config_path = command_config_path(config_path, explicit_config=explicit_config, local=local)
     if log_format not in (None, *LOG_FORMATS):
         raise UsageError(
             f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}"
@@ -87,14 +86,10 @@ def run_start(
         faults=faults,
         metrics_listen=metrics if metrics is not None else cfg.metrics_listen,
         registration_poll_s=poll_s,
+        local=LocalStudioSpec(local_port, one_offer_per_worker) if local else None,
     )
-    # The Supervisor checks again when it is built; this is before the local studio starts,
-    # whose URL then replaces the config's (so that one is not checked here).
-    check_start(cfg, opts, studio_url=not local, gpus=True)
+    # The Supervisor checks again once it holds the config's lock (it takes that before it
+    # creates anything: a second `start` on this config is refused there).
+    check_start(cfg, opts, gpus=True)
     configure_logging(log_format or cfg.log_format)
-    with (
-        local_studio(config_path, local_port, one_offer_per_worker=one_offer_per_worker)
-        if local
-        else contextlib.nullcontext()
-    ):
-        return run_supervisor(opts)
+    return run_supervisor(opts)

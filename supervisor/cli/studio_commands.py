@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -160,6 +161,7 @@ def submit(
     fails, JobWaitTimeout at ``timeout_s``, SubmitError when the result cannot be saved."""
     if not timeout_s > 0:
         raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout_s:g}")
+    _check_writable(out_dir)
     with talking_to(studio_url, "submit") as client:
         job = client.submit_job(model, task, source, vram_gb_estimate=vram_gb)
         job = client.wait_for_job(job.id, timeout_s=timeout_s)
@@ -173,6 +175,19 @@ def submit(
     text = json.dumps(job.result, indent=2)
     path = _save(out_dir, f"{job.id}.json", (text + "\n").encode())
     return f"job {job.id} done: result saved to {path}\n{text}"
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Refuse before queueing: a job whose result cannot be saved is GPU time thrown away."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out_dir} is not a writable directory: {exc.strerror or exc}; "
+            "nothing was queued"
+        ) from None
 
 
 def _save(out_dir: Path, name: str, data: bytes) -> Path:

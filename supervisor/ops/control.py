@@ -1,5 +1,6 @@
 """The local control socket: ``supervisor status|pause|resume`` talk to the running
-supervisor through a Unix socket beside the config file, readable only by its user (0600).
+supervisor through a Unix socket beside the config file (or, for a config path too long for
+a socket address, in a private per-user temp directory), readable only by its user (0600).
 
 One JSON request line in, one JSON reply line out. The status reply is built from the
 pool's slots and the ``WorkerState`` at the moment of asking: no second bookkeeping.
@@ -8,9 +9,12 @@ pool's slots and the ``WorkerState`` at the moment of asking: no second bookkeep
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
+import stat
+import tempfile
 from pathlib import Path
 from typing import Final, Literal
 
@@ -18,7 +22,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from supervisor.errors import ControlError, SupervisorNotRunning
+from supervisor.errors import ControlError, ControlListenError, SupervisorNotRunning
 from supervisor.ops.status_report import StatusReport, build_status
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.worker_state import WorkerState
@@ -39,8 +43,31 @@ class ControlReply(msgspec.Struct, omit_defaults=True):
     status: StatusReport | None = None
 
 
+# sun_path holds 108 bytes on Linux (104 on the BSDs), the terminating NUL included.
+SOCKET_PATH_MAX_BYTES: Final = 100
+
+
 def socket_path(config_path: Path) -> Path:
-    return config_path.parent / SOCKET_NAME
+    """Beside the config file; a config so deep that the path would not fit in a socket
+    address gets a socket in a private per-user directory under the temp dir instead, named
+    from the config's directory so every ``supervisor`` command finds the same one."""
+    beside = config_path.parent / SOCKET_NAME
+    if len(os.fsencode(beside)) <= SOCKET_PATH_MAX_BYTES:
+        return beside
+    digest = hashlib.sha256(os.fsencode(config_path.parent.absolute())).hexdigest()[:16]
+    private = Path(tempfile.gettempdir()) / f"studio-worker-{os.getuid()}"
+    return private / f"{digest}.sock"
+
+
+def _ensure_private_dir(path: Path) -> None:
+    """The fallback directory is shared ground (/tmp): it must be ours and closed to others."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ControlListenError(
+            f"{path} is not a private directory of this user (owner, mode 0700): remove it "
+            "or move the config to a shorter path"
+        )
 
 
 def set_paused(state: WorkerState, paused: bool) -> str:
@@ -68,15 +95,21 @@ class ControlServer:
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.is_socket():
-                self.path.unlink()
         old_umask = os.umask(0o077)
         try:
+            if self.path.parent.name.startswith("studio-worker-"):
+                _ensure_private_dir(self.path.parent)
+            with contextlib.suppress(FileNotFoundError):
+                if self.path.is_socket():
+                    self.path.unlink()
             listener = await anyio.create_unix_listener(self.path)
+            self.path.chmod(0o600)
+        except OSError as exc:
+            raise ControlListenError(
+                f"cannot open the control socket {self.path}: {exc.strerror or exc}"
+            ) from None
         finally:
             os.umask(old_umask)
-        self.path.chmod(0o600)
         try:
             async with listener:
                 task_status.started()

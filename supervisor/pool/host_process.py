@@ -58,6 +58,7 @@ class LaunchOptions:
     threads: int | None = None  # the inference library's CPU threads (None: the host decides)
     ask_before_load: bool = False  # GPU governance: LoadRequest before every load
     max_warm_models: int = 1
+    models_max_bytes: int = 0  # disk budget of models_root; 0: none
 
 
 STDERR_TAIL_LINES: Final = 40  # what a host said last, for the cause of its death
@@ -129,6 +130,8 @@ class HostProcess:
             argv.append("--ask-before-load")
         if opts.max_warm_models != 1:
             argv += ["--max-warm-models", str(opts.max_warm_models)]
+        if opts.models_max_bytes:
+            argv += ["--models-max-bytes", str(opts.models_max_bytes)]
         process = await anyio.open_process(argv, env=env, start_new_session=True)
         log.info("spawned engine host engine=%s slot=%s pid=%d", spec.engine, identity, process.pid)
         return cls(process, identity, token, spec)

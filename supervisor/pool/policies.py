@@ -42,6 +42,12 @@ class CrashLoopDetector:
             self._times.popleft()
         return len(self._times) >= self.max_crashes
 
+    def forget(self, at: float) -> None:
+        """Take back the crash recorded at ``at`` (it turned out to be a job's fault); one
+        already out of the window is gone anyway."""
+        if at in self._times:
+            self._times.remove(at)
+
     def reset(self) -> None:
         self._times.clear()
 
@@ -55,6 +61,7 @@ class PoisonJobs:
 
     A job that crashes every host it lands on would otherwise bounce between workers
     forever and eat the queue; after ``strikes`` losses it is failed ``retryable: false``.
+    A loss is recorded here only once it is known to be the job's (``loss_ledger``).
     """
 
     def __init__(self, strikes: int = 2, remember: int = 10_000) -> None:
@@ -68,8 +75,11 @@ class PoisonJobs:
             self._counts.pop(next(iter(self._counts)))
         return self._counts[job_id]
 
+    def strikes_of(self, job_id: str) -> int:
+        return self._counts.get(job_id, 0)
+
     def is_poison(self, job_id: str) -> bool:
-        return self._counts.get(job_id, 0) >= self.strikes
+        return self.strikes_of(job_id) >= self.strikes
 
 
 @dataclass(frozen=True)

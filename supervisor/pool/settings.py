@@ -11,6 +11,8 @@ from supervisor.pool.policies import RecycleLimits
 @dataclass(frozen=True)
 class PoolSettings:
     models_root: Path
+    # Disk budget of models_root (config `models_max_gb`) in bytes; 0: none.
+    models_max_bytes: int = 0
     heartbeat_s: float = 1.0
     ready_timeout_s: float = 120.0
     # A host's heartbeats come from its I/O thread, so silence means a frozen process.
@@ -20,6 +22,11 @@ class PoolSettings:
     heartbeat_timeout_loading_s: float = 300.0
     # A job that beats but makes no progress (no step, no token) for this long is stuck.
     stall_timeout_s: float = 600.0
+    # Downloads answer to these instead of the job deadline and the stall timeout. The
+    # stall limit sits above the host's own read timeout (120 s, engines/download.py), so
+    # an ordinary dead connection fails the job from the host without losing the host.
+    download_stall_s: float = 300.0
+    download_deadline_s: float = 14400.0
     restart_backoff_base_s: float = 0.5
     restart_backoff_max_s: float = 30.0
     crash_loop_max: int = 5

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Final, assert_never
 
 import anyio
+import anyio.abc
 import zmq
 
 from engines.load_keys import load_key
@@ -74,6 +75,7 @@ class Slot(SlotInbox):
         self.host: HostProcess | None = None
         self.progress_stats = ProgressStats()  # download bytes, load times (metrics)
         self._killed_by_us = False
+        self._generation_tasks: anyio.abc.TaskGroup | None = None
         self._callers: dict[str, Caller] = {}
         self._drain_event = anyio.Event()
         # Made by the first waiter, set (and dropped) by the next change: most changes have
@@ -213,10 +215,11 @@ class Slot(SlotInbox):
             # like any crash instead of taking the supervisor down.
             self._router.close_inbox(identity)
             inbox.close()
-            self.core.spawn_failed(str(exc), time.monotonic())
+            unproven = self.core.spawn_failed(str(exc), time.monotonic())
             log.error(
                 "could not start engine host engine=%s slot=%s: %s", self.engine, self.slot_id, exc
             )
+            self._log_unproven(unproven)
             self._changed()
             return
         self.host = host
@@ -227,6 +230,7 @@ class Slot(SlotInbox):
         verdict = Verdict(LossCause.EXIT, "host ended")
         try:
             async with anyio.create_task_group() as tg:
+                self._generation_tasks = tg
                 tg.start_soon(host.watch, host.log_line)
                 verdict = await first_verdict(
                     host,
@@ -249,6 +253,7 @@ class Slot(SlotInbox):
                     self._killed_by_us = True
                     host.kill()
         finally:
+            self._generation_tasks = None
             with anyio.CancelScope(shield=True):
                 await host.reap()
                 self._router.close_inbox(identity)
@@ -267,6 +272,7 @@ class Slot(SlotInbox):
             threads=None if self.engine == "synthetic" else self.settings.cpu_threads,
             ask_before_load=governed,
             max_warm_models=self.gpu.settings.max_warm_models,
+            models_max_bytes=self.settings.models_max_bytes,
         )
 
     def _leave(self, verdict: Verdict) -> None:
@@ -297,6 +303,7 @@ class Slot(SlotInbox):
             caller = self._callers.get(settled.lost.job_id)
             if caller is not None:
                 caller.resolve(settled.lost.outcome)
+        self._log_unproven(settled.unproven)
         if settled.parked and verdict.cause is LossCause.WRONG_DEVICE:
             log.error(
                 "slot %s parked: its engine host %s; its models leave the capabilities and "
@@ -316,6 +323,16 @@ class Slot(SlotInbox):
                 verdict.detail,
             )
         self._changed()
+
+    def _log_unproven(self, job_id: str | None) -> None:
+        if job_id is not None:
+            log.warning(
+                "slot %s: the host lost during job %s counts toward the crash loop, not "
+                "against the job: the next host did not prove itself",
+                self.slot_id,
+                job_id,
+                extra={"job_id": job_id},
+            )
 
     def _death_verdict(self, exit: ExitInfo, oom_kills_before: int | None) -> Verdict:
         """Why the host died: the engine's own words first, the signal second."""

@@ -2,25 +2,29 @@
 
 ``SlotCore`` takes events (a host spawned, a message from it, its exit, a clock tick, a
 reservation, a drain request) and returns decisions (a ``Verdict`` that ends the host
-generation, what happens to a job, when to respawn). It owns the lifecycle table
-(``slot_state``) and every fact the table depends on: the reservation, the running job,
-draining, the recycle reason, the memory baselines, parking and the crash-loop guard. It
-has no event loop, no process and no socket: ``slot.Slot`` is the driver that spawns hosts,
-moves bytes and sleeps, and asks this core what to do at every step. Time is always an
-argument, so scenario tables test it without a clock.
+generation, what happens to a job, when to respawn, a strike for a job). It owns the
+lifecycle table (``slot_state``) and every fact the table depends on: the reservation, the
+running job and its clocks (``job_clock``), draining, the recycle reason, the memory
+baselines, parking, and who pays for each lost host (``loss_ledger``: the crash-loop guard
+or the job). It has no event loop, no process and no socket: ``slot.Slot`` is the driver
+that spawns hosts, moves bytes and sleeps, and asks this core what to do at every step.
+Time is always an argument, so scenario tables test it without a clock.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Final, assert_never
+from typing import Final
 
 from protocol import ipc
+from supervisor.pool.job_clock import JobClock
 from supervisor.pool.job_outcome import JobFailedOutcome
-from supervisor.pool.liveness import RunningJobTimes, liveness_verdict
-from supervisor.pool.policies import CrashLoopDetector, PoisonJobs, backoff_s, recycle_reason
+from supervisor.pool.leak_watch import LeakWatch
+from supervisor.pool.liveness import liveness_verdict
+from supervisor.pool.loss_ledger import LossLedger, Strike
+from supervisor.pool.policies import PoisonJobs
 from supervisor.pool.settings import PoolSettings
-from supervisor.pool.slot_state import SlotEvent, SlotState, slot_machine
+from supervisor.pool.slot_state import SlotEvent, SlotState, events_to_stop, slot_machine
 from supervisor.pool.slot_steps import (
     Drain,
     ExpectedDevice,
@@ -36,6 +40,10 @@ from supervisor.pool.slot_steps import (
 from supervisor.pool.verdict import LossCause, Verdict
 
 REASON_NOT_READY: Final = "not_ready"
+# A host is up: a drain request may stop it at once (``planned_verdict`` says whether).
+_HOST_UP: Final = frozenset(
+    {SlotState.STARTING, SlotState.PROVING, SlotState.READY, SlotState.DRAINING}
+)
 
 
 class SlotCore:
@@ -45,7 +53,7 @@ class SlotCore:
         self.settings = settings
         self._poison = poison
         self._machine = slot_machine(slot_id)
-        self._crash_loop = CrashLoopDetector(settings.crash_loop_max, settings.crash_loop_window_s)
+        self._losses = LossLedger(settings, poison)
         self.generation = 0
         self.ready: ipc.Ready | None = None
         self.last_heartbeat: ipc.HostHeartbeat | None = None
@@ -61,13 +69,12 @@ class SlotCore:
         self.restart_causes: Counter[LossCause] = Counter()
         self.last_exit: str | None = None
         self.parked_until: float | None = None
-        self._attempt = 0  # consecutive crashes, for the backoff
         self._resume_at = 0.0
         self._spawned_at = 0.0
+        self._ready_at = 0.0
         self._last_beat_at = 0.0
         self._progress_seq = -1
-        self._baseline: tuple[int, int | None] | None = None  # (RSS, VRAM) after the last load
-        self._baseline_loads = -1
+        self._leaks = LeakWatch(settings.recycle)
 
     # --- views ----------------------------------------------------------------------------
 
@@ -115,8 +122,7 @@ class SlotCore:
             return Wait(self._resume_at)
         if self.state is SlotState.FAILED:
             # The cool-down is over: a fresh start, with a clean crash history.
-            self._crash_loop.reset()
-            self._attempt = 0
+            self._losses.fresh_start()
             self.parked_until = None
         return Spawn()
 
@@ -126,8 +132,7 @@ class SlotCore:
         self.last_heartbeat = None
         self.recycle_reason = None
         self.recycle_cause = LossCause.RECYCLE
-        self._baseline = None
-        self._baseline_loads = -1
+        self._leaks.reset()
         self._spawned_at = now
         self._apply(SlotEvent.SPAWNED)
 
@@ -143,9 +148,26 @@ class SlotCore:
         if wrong is not None:
             return Verdict(LossCause.WRONG_DEVICE, wrong)
         self.ready = msg
-        self._last_beat_at = now
-        self._apply(SlotEvent.READY)
+        self._last_beat_at = self._ready_at = now
+        # After a loss its job may have caused, the host proves itself before any work.
+        self._apply(SlotEvent.READY if self._losses.pending is None else SlotEvent.PROBE)
         return self.planned_verdict()
+
+    @property
+    def proving_for(self) -> str | None:
+        """The job whose loss waits for this host's proof (``loss_ledger``)."""
+        return None if self._losses.pending is None else self._losses.pending.job_id
+
+    def probe_answered(self, ok: bool, detail: str) -> Strike | Verdict | None:
+        """A probe result from the host: while proving, a pass makes the pending loss its
+        job's (the strike, if any) and the slot ready; a failure ends the host."""
+        if self.state is not SlotState.PROVING:
+            return None  # the GPU health watch's probe (supervisor/gpu/health_watch.py)
+        if not ok:
+            return Verdict(LossCause.PROBE_FAILED, f"failed its probe after a loss ({detail})")
+        strike = self._losses.proven()
+        self._apply(SlotEvent.PROVEN)
+        return strike
 
     def heartbeat_received(
         self, hb: ipc.HostHeartbeat, now: float, vram_bytes: int | None = None
@@ -153,28 +175,30 @@ class SlotCore:
         """``vram_bytes``: the host's GPU memory now, as NVML reports it (None: unknown)."""
         self.last_heartbeat = hb
         self._last_beat_at = now
+        job = self.job
+        if job is not None and hb.job_id == job.job_id:
+            job.clock.phase_seen(hb.state, now)
         if hb.progress_seq != self._progress_seq:
             self._progress_seq = hb.progress_seq
-            if self.job is not None:
-                self.job.progress_at = now
-        if hb.state == "idle" and hb.model_loads != self._baseline_loads:
-            # Levels right after a (re)load are the reference a leak is measured against.
-            self._baseline_loads = hb.model_loads
-            self._baseline = (hb.rss_bytes, vram_bytes)
+            if job is not None:
+                job.clock.progress_at = now
+        self._leaks.heartbeat(hb, vram_bytes)
         return self.planned_verdict()
 
-    def progress_received(self, job_id: str, now: float) -> bool:
+    def progress_received(self, msg: ipc.Progress, now: float) -> bool:
         """True when the progress belongs to the running job (and is passed on)."""
-        if self.job is None or self.job.job_id != job_id:
+        if self.job is None or self.job.job_id != msg.job_id:
             return False
-        self.job.progress_at = now
+        self.job.clock.progressed(msg.phase, now, msg.message, msg.step)
         return True
 
     def tick(self, now: float) -> Verdict | None:
         planned = self.planned_verdict()
         if planned is not None or self.drain is not Drain.NO:
             return planned
-        job = self.job
+        limit_s = self.settings.ready_timeout_s
+        if self.state is SlotState.PROVING and now - self._ready_at > limit_s:
+            return Verdict(LossCause.PROBE_FAILED, f"did not answer its probe within {limit_s:g} s")
         hb = self.last_heartbeat
         return liveness_verdict(
             self.settings,
@@ -183,9 +207,7 @@ class SlotCore:
             spawned_at=self._spawned_at,
             host_state=hb.state if hb else "idle",
             last_beat_at=self._last_beat_at,
-            job=None
-            if job is None
-            else RunningJobTimes(job.deadline, job.deadline_s, job.progress_at),
+            job=None if self.job is None else self.job.clock,
         )
 
     def planned_verdict(self) -> Verdict | None:
@@ -243,7 +265,7 @@ class SlotCore:
                 True,
                 REASON_NOT_READY,
             )
-        self.job = JobRecord(job_id, now, deadline_s, now, 2 if retry else 1)
+        self.job = JobRecord(job_id, now, JobClock(deadline_s, now, now), 2 if retry else 1)
         self._apply(SlotEvent.JOB_STARTED)
         return None
 
@@ -267,17 +289,9 @@ class SlotCore:
             self._hold(job)
         self.jobs_done += 1
         self._apply(SlotEvent.JOB_FINISHED)
-        hb = self.last_heartbeat  # the host beats right before each result
-        if hb is not None:
-            base = self._baseline
-            self.recycle_reason = self.recycle_reason or recycle_reason(
-                self.settings.recycle,
-                hb.jobs_done + 1 if hb.job_id == job_id else hb.jobs_done,
-                base[0] if base else None,
-                hb.rss_bytes,
-                base[1] if base else None,
-                vram_bytes,
-            )
+        self.recycle_reason = self.recycle_reason or self._leaks.after_job(
+            self.last_heartbeat, job_id, vram_bytes
+        )
         return True
 
     def retry_pending(self, job_id: str) -> bool:
@@ -299,7 +313,7 @@ class SlotCore:
             self.drain = Drain.POLITE
         if self.state is SlotState.BUSY:
             self._apply(SlotEvent.DRAIN)
-        if self.state in (SlotState.STARTING, SlotState.READY, SlotState.DRAINING):
+        if self.state in _HOST_UP:
             return self.planned_verdict()
         return None
 
@@ -308,28 +322,22 @@ class SlotCore:
     def leave_generation(self, verdict: Verdict) -> None:
         """Move the state as soon as the verdict is in, before the host is stopped, so no
         job is handed to a host on its way out (a polite stop can take seconds)."""
-        match verdict.cause:
-            case (
-                LossCause.RECYCLE
-                | LossCause.UNLOAD_STUCK
-                | LossCause.PROBE_FAILED
-                | LossCause.GPU_SUSPECT
-            ):
-                self._apply(SlotEvent.RECYCLE)
-            case LossCause.DRAIN | LossCause.FORCED:
-                if self.state is not SlotState.DRAINING:
-                    self._apply(SlotEvent.DRAIN)
-            case _:
-                self._apply(SlotEvent.HOST_LOST)
+        if verdict.polite and not verdict.final:
+            self._apply(SlotEvent.RECYCLE)
+        elif not verdict.final:
+            self._apply(SlotEvent.HOST_LOST)
+        elif self.state is not SlotState.DRAINING:
+            self._apply(SlotEvent.DRAIN)
 
     def settle(
         self, verdict: Verdict, exit_text: str | None, now: float, *, retry_possible: bool = False
     ) -> Settled:
-        """The host is gone: count it, fail the job it ran, decide when to respawn.
-        ``retry_possible``: the lost job's caller still waits (an out-of-memory loss holds
-        the slot for its one retry)."""
+        """The host is gone: charge the loss (``loss_ledger``), fail the job it ran, decide
+        when to respawn. ``retry_possible``: the lost job's caller still waits (an
+        out-of-memory loss holds the slot for its one retry)."""
         self.last_exit = exit_text
         self.reserved_for = None
+        job = self.job
         lost = self._lost_job(verdict, retry_possible)
         if self.state is SlotState.DRAINING:
             self._apply(SlotEvent.STOPPED)
@@ -337,34 +345,29 @@ class SlotCore:
             return Settled(lost, parked=False)
         self.restarts += 1
         self.restart_causes[verdict.cause] += 1
-        if verdict.cause is LossCause.WRONG_DEVICE:
-            # Restarting cannot move the engine onto the GPU: wait for the operator.
+        # A job may be to blame, never while it was downloading (a download is no input).
+        blame = job is not None and verdict.strikes_job and not job.clock.downloading
+        charge = self._losses.host_gone(
+            now, crash=verdict.crash, suspect=job.job_id if job is not None and blame else None
+        )
+        self._resume_at = now + charge.backoff_s
+        if verdict.cause is LossCause.WRONG_DEVICE or charge.park:
+            # Wrong device: restarting cannot move the engine onto the GPU, so wait for the
+            # operator; otherwise the crash loop is full.
             self._park(now)
-        elif not verdict.crash:
-            self._attempt = 0
-            self._resume_at = now
-        else:
-            self._attempt += 1
-            self._resume_at = now + backoff_s(
-                self._attempt,
-                self.settings.restart_backoff_base_s,
-                self.settings.restart_backoff_max_s,
-            )
-            if self._crash_loop.record(now):
-                self._park(now)
-        return Settled(lost, parked=self.state is SlotState.FAILED)
+        return Settled(lost, parked=self.state is SlotState.FAILED, unproven=charge.unproven)
 
-    def spawn_failed(self, error: str, now: float) -> None:
-        """The process could not even be started: back off like a crash."""
+    def spawn_failed(self, error: str, now: float) -> str | None:
+        """The process could not even be started: back off like a crash. Returns the job
+        whose pending loss now stays the engine's, if any."""
         self.last_exit = f"spawn failed: {error}"
         self.restarts += 1
         self.restart_causes[LossCause.SPAWN] += 1
-        self._attempt += 1
-        self._resume_at = now + backoff_s(
-            self._attempt, self.settings.restart_backoff_base_s, self.settings.restart_backoff_max_s
-        )
-        if self.state is SlotState.FAILED or self._crash_loop.record(now):
+        charge = self._losses.host_gone(now, crash=True)
+        self._resume_at = now + charge.backoff_s
+        if self.state is SlotState.FAILED or charge.park:
             self._park(now)
+        return charge.unproven
 
     def _park(self, now: float) -> None:
         self.parked_until = self._resume_at = now + self.settings.crash_loop_cooldown_s
@@ -373,7 +376,7 @@ class SlotCore:
 
     @property
     def crash_loop_count(self) -> int:
-        return self._crash_loop.recent
+        return self._losses.recent
 
     def _lost_job(self, verdict: Verdict, retry_possible: bool) -> LostJob | None:
         job = self.job
@@ -388,15 +391,5 @@ class SlotCore:
 
     def stop(self) -> None:
         """The driver's loop is over: end in STOPPED from wherever the slot stands."""
-        match self.state:
-            case SlotState.READY | SlotState.BUSY:
-                self._apply(SlotEvent.DRAIN)
-                self._apply(SlotEvent.STOPPED)
-            case SlotState.DRAINING:
-                self._apply(SlotEvent.STOPPED)
-            case SlotState.STARTING | SlotState.RESTARTING | SlotState.FAILED:
-                self._apply(SlotEvent.DRAIN)
-            case SlotState.STOPPED:
-                pass
-            case _:
-                assert_never(self.state)
+        for event in events_to_stop(self.state):
+            self._apply(event)

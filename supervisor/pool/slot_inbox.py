@@ -1,10 +1,10 @@
 """What an engine slot does with each message from its host: one exhaustive dispatch.
 
-Each message goes to the pure slot core (the lifecycle, the job, the heartbeat's levels),
-to the GPU governor (load requests, what the host keeps loaded, load progress) or to GPU
-health (probe results), and a job's result to the task waiting for it. The answer is a
-verdict when the message ends the host generation. ``slot.Slot`` mixes this in; the state
-it reads and writes is declared here.
+Each message goes to the pure slot core (the lifecycle, the job and its clocks, the
+heartbeat's levels, the proof a fresh host gives after a loss), to the GPU governor (load
+requests, what the host keeps loaded, load progress) or to GPU health (probe results), and
+a job's result to the task waiting for it. The answer is a verdict when the message ends the
+host generation. ``slot.Slot`` mixes this in; the state it reads and writes is declared here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import assert_never
 
 import anyio
+import anyio.abc
 import zmq
 
 from protocol import ipc
@@ -25,6 +26,7 @@ from supervisor.gpu.slot_contract import RecycleCause
 from supervisor.pool.host_process import HostProcess
 from supervisor.pool.ipc_router import Inbound, IpcRouter
 from supervisor.pool.job_outcome import JobFailedOutcome, JobOutcome, JobSucceeded
+from supervisor.pool.loss_ledger import Strike
 from supervisor.pool.slot_views import SlotViews
 from supervisor.pool.verdict import LossCause, Verdict
 from supervisor.stats import ProgressStats
@@ -56,6 +58,7 @@ class SlotInbox(SlotViews):
     _callers: dict[str, Caller]
 
     _router: IpcRouter
+    _generation_tasks: anyio.abc.TaskGroup | None  # the current host generation's
 
     def _changed(self) -> None:
         raise NotImplementedError  # the driver (``slot.Slot``) says who is told
@@ -98,7 +101,7 @@ class SlotInbox(SlotViews):
             case ipc.HostHeartbeat():
                 return self.core.heartbeat_received(msg, now, self._leak_bytes())
             case ipc.Progress():
-                if self.core.progress_received(msg.job_id, now):
+                if self.core.progress_received(msg, now):
                     self.progress_stats.observe(msg, now)
                     self.gpu.progress_reported(self, msg)
                     self._pass_progress(msg)
@@ -125,6 +128,9 @@ class SlotInbox(SlotViews):
                 self.gpu.resident_reported(self, msg.models)
             case ipc.ProbeResult():
                 self.health.probe_reported(self, msg)
+                verdict = self._on_proof(msg)
+                if verdict is not None:
+                    return verdict
             case _:
                 assert_never(msg)
         return self.core.planned_verdict()
@@ -144,8 +150,47 @@ class SlotInbox(SlotViews):
                 int((now - host.started) * 1000),
                 ",".join(f"{k}={v}" for k, v in msg.library_versions.items()) or "-",
             )
+            if self.core.proving_for is not None:
+                self._prove(host)
             self._changed()
         return verdict
+
+    def _prove(self, host: HostProcess) -> None:
+        """Probe a fresh host before it takes work: the last host was lost during a job
+        that may be to blame (``loss_ledger``). A host on the CPU passes at once."""
+        log.info(
+            "slot %s: probing the fresh host pid=%d before it takes work (the last one was "
+            "lost during job %s)",
+            self.slot_id,
+            host.pid,
+            self.core.proving_for,
+        )
+        probe = ipc.Probe(self.gpu.settings.probe_bytes)
+        if self._generation_tasks is not None:
+            self._generation_tasks.start_soon(self.send, probe)
+
+    def _on_proof(self, msg: ipc.ProbeResult) -> Verdict | None:
+        answer = self.core.probe_answered(msg.ok, msg.detail)
+        match answer:
+            case Verdict():
+                return answer
+            case Strike():
+                log.warning(
+                    "slot %s: the fresh host passed its probe, so the host lost during job %s "
+                    "counts against the job (strike %d of %d)%s",
+                    self.slot_id,
+                    answer.job_id,
+                    answer.strikes,
+                    answer.limit,
+                    "; the job is poison: a later offer of it is refused" if answer.poison else "",
+                    extra={"job_id": answer.job_id},
+                )
+            case None:
+                pass
+            case _:
+                assert_never(answer)
+        self._changed()  # proven: the slot is ready (a health probe's result changes nothing)
+        return None
 
     def _pass_progress(self, msg: ipc.Progress) -> None:
         caller = self._callers.get(msg.job_id)

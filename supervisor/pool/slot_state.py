@@ -9,13 +9,14 @@ core shows up as an error instead of a slot in a state nobody planned for. Only
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Final, assert_never
 
 from protocol.state_machine import IllegalTransition, StateMachine
 
 
 class SlotState(enum.Enum):
     STARTING = "starting"  # host spawned, waiting for its Ready
+    PROVING = "proving"  # up after a loss its job may have caused: probed before any work
     READY = "ready"  # idle, may take a job
     BUSY = "busy"  # running a job
     DRAINING = "draining"  # finishing its job before a stop (shutdown)
@@ -27,6 +28,8 @@ class SlotState(enum.Enum):
 class SlotEvent(enum.Enum):
     SPAWNED = "spawned"
     READY = "ready"
+    PROBE = "probe"  # ready, but the last loss is pending (loss_ledger): prove the host
+    PROVEN = "proven"  # its probe passed: the pending loss was the job's
     JOB_STARTED = "job_started"
     JOB_FINISHED = "job_finished"
     HOST_LOST = "host_lost"  # exit, signal, missed heartbeats, deadline kill
@@ -42,6 +45,11 @@ TRANSITIONS: Final[dict[tuple[SlotState, SlotEvent], SlotState]] = {
     (S.STARTING, E.READY): S.READY,
     (S.STARTING, E.HOST_LOST): S.RESTARTING,
     (S.STARTING, E.DRAIN): S.STOPPED,
+    (S.STARTING, E.PROBE): S.PROVING,
+    (S.PROVING, E.PROVEN): S.READY,
+    (S.PROVING, E.HOST_LOST): S.RESTARTING,
+    (S.PROVING, E.RECYCLE): S.RESTARTING,
+    (S.PROVING, E.DRAIN): S.STOPPED,
     (S.READY, E.JOB_STARTED): S.BUSY,
     (S.READY, E.HOST_LOST): S.RESTARTING,
     (S.READY, E.RECYCLE): S.RESTARTING,
@@ -67,4 +75,27 @@ def slot_machine(slot_id: str) -> StateMachine[SlotState, SlotEvent]:
     return StateMachine(f"slot {slot_id}", TRANSITIONS, INITIAL)
 
 
-__all__ = ["INITIAL", "TRANSITIONS", "IllegalTransition", "SlotEvent", "SlotState", "slot_machine"]
+def events_to_stop(state: SlotState) -> tuple[SlotEvent, ...]:
+    """The events that end a slot in STOPPED from ``state`` (its driver's loop is over)."""
+    match state:
+        case SlotState.READY | SlotState.BUSY:
+            return (SlotEvent.DRAIN, SlotEvent.STOPPED)
+        case SlotState.DRAINING:
+            return (SlotEvent.STOPPED,)
+        case SlotState.STARTING | SlotState.PROVING | SlotState.RESTARTING | SlotState.FAILED:
+            return (SlotEvent.DRAIN,)
+        case SlotState.STOPPED:
+            return ()
+        case _:
+            assert_never(state)
+
+
+__all__ = [
+    "INITIAL",
+    "TRANSITIONS",
+    "IllegalTransition",
+    "SlotEvent",
+    "SlotState",
+    "events_to_stop",
+    "slot_machine",
+]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocol import ipc
+from supervisor.pool.job_clock import JobClock
 from supervisor.pool.job_outcome import JobFailedOutcome
 from supervisor.pool.policies import PoisonJobs
 from supervisor.pool.verdict import Verdict
@@ -27,13 +28,8 @@ class Drain(enum.Enum):
 class JobRecord:
     job_id: str
     started: float
-    deadline_s: float
-    progress_at: float
+    clock: JobClock  # its deadline, its progress, its download
     attempt: int  # 1, or 2 for the one local retry after an out-of-memory failure
-
-    @property
-    def deadline(self) -> float:
-        return self.started + self.deadline_s
 
 
 @dataclass(frozen=True)
@@ -64,11 +60,12 @@ class LostJob:
 
 @dataclass(frozen=True)
 class Settled:
-    """What the end of a host generation meant: the job it took down, and whether the slot
-    is now parked."""
+    """What the end of a host generation meant: the job it took down, whether the slot is
+    now parked, and the job (if any) whose pending loss this generation did not prove."""
 
     lost: LostJob | None
     parked: bool
+    unproven: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,8 +97,9 @@ def lost_job_failure(
     engine: str, slot_id: str, job: JobRecord, verdict: Verdict, poison: PoisonJobs
 ) -> JobFailedOutcome:
     """What a job becomes when its host is lost: retryable with the cause, unless the
-    supervisor stopped (``shutdown``) or the job has now taken hosts down often enough to be
-    poison (final). Only causes a job can be to blame for are strikes."""
+    supervisor stopped (``shutdown``), or the job is poison already and the cause is one a
+    job can be to blame for (final). Whether this loss is a strike is decided later
+    (``loss_ledger``), once a fresh host proves itself."""
     job_id = job.job_id
     if verdict.final:
         return JobFailedOutcome(
@@ -110,13 +108,10 @@ def lost_job_failure(
             REASON_SHUTDOWN,
         )
     text = f"{engine} engine host (slot {slot_id}) {verdict.detail} during job {job_id}"
-    if not verdict.strikes_job:
-        return JobFailedOutcome(text, True, verdict.cause.value)
-    strikes = poison.record(job_id)
-    if poison.is_poison(job_id):
+    if verdict.strikes_job and poison.is_poison(job_id):
         return JobFailedOutcome(
-            f"{text}; this job has now taken down an engine host {strikes} times, "
-            "so it is not retried",
+            f"{text}; this job has already taken down an engine host "
+            f"{poison.strikes_of(job_id)} times, so it is not retried",
             False,
             REASON_POISON,
         )

@@ -18,6 +18,8 @@ class LossCause(enum.StrEnum):
     HANG = "hang"  # no heartbeat within the per-state limit
     DEADLINE = "deadline"  # the job ran past its deadline
     STALL = "stall"  # heartbeats but no progress
+    DOWNLOAD_STALL = "download_stall"  # downloading, but no bytes for download_stall_s
+    DOWNLOAD_DEADLINE = "download_deadline"  # downloading for longer than download_deadline_s
     READY_TIMEOUT = "ready_timeout"  # no ``Ready`` in time
     HANDSHAKE = "handshake"  # a ``Ready`` with the wrong IPC version or token
     SPAWN = "spawn"  # the process could not be started
@@ -54,7 +56,8 @@ POLITE: Final = frozenset(
         LossCause.GPU_SUSPECT,
     }
 )
-# A job running when the host went this way may be to blame: a strike toward poison.
+# A job running when the host went this way may be to blame: a strike toward poison, once
+# a fresh host proves the engine sound (``loss_ledger``). Never while the job downloads.
 JOB_STRIKES: Final = frozenset(
     {LossCause.EXIT, LossCause.SIGNAL, LossCause.HANG, LossCause.DEADLINE, LossCause.STALL}
 )
@@ -81,6 +84,7 @@ class Verdict:
 
     @property
     def strikes_job(self) -> bool:
+        """The running job may be to blame (not while it was downloading)."""
         return self.cause in JOB_STRIKES
 
     @property

@@ -2,9 +2,12 @@
 
 Binary results go by multipart upload and are followed by no WebSocket frame at all (the
 studio's upload handler nudges its dispatcher itself); JSON results go as ``completeJson``
-with the full prompt; failures as ``fail`` with the retry rule of ``offer_routing``. Never
-``readyForMore``: it raced the studio's own nudge. Progress is logged (throttled) with the
-job id, so the operator and the studio's log view see long jobs move.
+with the full prompt, unless that frame is over the studio's frame limit: then the job
+fails ``retryable: false`` and the session (with every other running job) stays up.
+Failures go as ``fail`` with the retry rule of ``offer_routing``. Never ``readyForMore``:
+it raced the studio's own nudge. Progress is logged (throttled) with the job id, so the
+operator and the studio's log view see long jobs move; a job cut short because the session
+ended is logged with its id too.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from engines.progress_bar import TerminalProgress
 from protocol import ipc
 from protocol.studio import Accept, CompleteJson, Fail, JobOfferClaim, Reject
 from protocol.tasks import prompt_for, task_kind
-from supervisor.errors import SessionTransportError, StudioError
+from supervisor.errors import FrameTooLarge, SessionTransportError, StudioError
 from supervisor.live_config import LiveConfig
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.pool.job_outcome import JobFailedOutcome, JobSucceeded
@@ -40,6 +43,7 @@ from supervisor.worker_state import ActiveJob, WorkerState
 log = logging.getLogger("supervisor.session.jobs")
 
 PROGRESS_LOG_INTERVAL_S: Final = 2.0
+CAUSE_RESULT_TOO_LARGE: Final = "result_too_large"  # a JSON result over the frame limit
 GIB: Final = 2**30  # the studio's GB are GiB
 
 
@@ -151,6 +155,16 @@ class JobRunner:
                 )
             finally:
                 self.state.finish_job(job_id)
+        except anyio.get_cancelled_exc_class():
+            # The session ended (or the drain grace ran out): the studio releases the claim,
+            # and the host is told to stop the job.
+            log.warning(
+                "job %s cancelled: the studio session ended while it ran on slot %s",
+                job_id,
+                slot.slot_id,
+                extra={"job_id": job_id},
+            )
+            raise
         finally:
             # Cancelled (session ended) or refused before the hand-over: free the slot,
             # or every later offer for this engine would be rejected busy.
@@ -239,7 +253,12 @@ class JobRunner:
             )
             return
         frame = CompleteJson(job_id=job_id, result=outcome.json, prompt=prompt)
-        if await self._send_or_log(frame, "completeJson", job_id):
+        try:
+            sent = await self._send_or_log(frame, "completeJson", job_id)
+        except FrameTooLarge as exc:
+            await self._fail_too_large(job_id, exc)
+            return
+        if sent:
             self.state.job_outcomes["done"] += 1
             log.info(
                 "json result sent job %s elapsed_ms=%d",
@@ -249,6 +268,17 @@ class JobRunner:
             )
         else:
             self.state.job_outcomes["failed_retryable"] += 1
+
+    async def _fail_too_large(self, job_id: str, exc: FrameTooLarge) -> None:
+        """Sending it would make the studio drop the session (and every other job with it),
+        and it would be as large on any other worker: final."""
+        error = (
+            f"the JSON result of job {job_id} with its prompt is {exc.size} bytes, over the "
+            f"studio's frame limit of {exc.limit} bytes (max_frame_bytes); it cannot be "
+            "delivered"
+        )
+        log.error("%s", error, extra={"job_id": job_id})
+        await self._fail(job_id, error, retryable=False, cause=CAUSE_RESULT_TOO_LARGE)
 
     async def _fail(self, job_id: str, error: str, *, retryable: bool, cause: str) -> None:
         self.state.job_outcomes["failed_retryable" if retryable else "failed_final"] += 1

@@ -6,6 +6,10 @@ changes what must survive a restart is saved through ``save_config``.
 ``ensure_registered`` drives ticks until the operator approves (returns the config with
 credentials), rejects (RegistrationRejectedError) or a stop is requested
 (RegistrationAbortedError). The registration secret and the issued token are never logged.
+``register_again`` is for the one studio whose data this supervisor owns (``start
+--local``): when it answers the saved token with 401, its data was reset, so the worker
+drops the credentials it no longer knows and registers anew. Never used with a studio the
+supervisor does not own: there a 401 is the operator's to act on.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from supervisor.errors import (
     RegistrationRejectedError,
     StudioError,
 )
+from supervisor.live_config import LiveConfig
 from supervisor.studio.http import StudioHttp
 from supervisor.studio.registration_state import (
     RegistrationEvent,
@@ -121,6 +126,9 @@ class Registrar:
     ) -> None:
         self.cfg_path = cfg_path
         self.config = cfg
+        # What the file held when last read or written: a save rewrites only the keys that
+        # registration changed since, so an operator's edit meanwhile is not reverted.
+        self._saved = cfg
         self._http = http
         self._capabilities_fn = capabilities_fn
         self._clock = clock
@@ -161,7 +169,7 @@ class Registrar:
             changes["registration_secret"] = new_registration_secret()
         if changes:
             self.config = cfg.replace(**changes)
-            save_config(self.cfg_path, self.config)
+            self._save()
         return "registration_secret" in changes and cfg.registration_request_id is not None
 
     async def _create_request(self, secret: str) -> RegistrationState:
@@ -237,10 +245,14 @@ class Registrar:
             self._pending = Pending(request_id, self._clock())
         return self._pending
 
+    def _save(self) -> None:
+        save_config(self.cfg_path, self.config, previous=self._saved)
+        self._saved = self.config
+
     def _try_save(self, level: int, op: str, message: str) -> None:
         """Save; a failure is logged at ``level`` and the new state stays in memory."""
         try:
-            save_config(self.cfg_path, self.config)
+            self._save()
         except ConfigError as exc:
             log.log(level, 'registration: %s op="%s" error="%s"', message, op, exc)
 
@@ -315,3 +327,24 @@ async def _drive(registrar: Registrar, stop: anyio.Event, poll_interval_s: float
         with anyio.move_on_after(poll_interval_s):
             await stop.wait()
     raise RegistrationAbortedError()
+
+
+async def register_again(
+    live: LiveConfig,
+    capabilities_fn: CapabilitiesFn,
+    stop: anyio.Event,
+    poll_interval_s: float = POLL_INTERVAL_S,
+    *,
+    http: StudioHttp,
+) -> WorkerConfig:
+    """Forget the worker id and token the owned studio refused, register with it again and
+    serve the new ones from ``live``. The install id is kept (it is this machine's). Raises
+    what ``ensure_registered`` raises."""
+    forgotten = live.update(
+        worker_id=None, auth_token=None, registration_request_id=None, registration_secret=None
+    )
+    cfg = await ensure_registered(
+        live.path, forgotten, capabilities_fn, stop, poll_interval_s, http=http
+    )
+    # Saved by the registrar already; this makes `live` serve them without a re-read.
+    return live.update(worker_id=cfg.worker_id, auth_token=cfg.auth_token)

@@ -6,8 +6,9 @@ heartbeat pump (5 s, capabilities rebuilt from the live config), the log shipper
 the reader (every receive bounded by the 20 s read-idle timeout) and the stop watcher,
 which on a graceful stop rejects new offers, lets running jobs finish within the drain
 grace and ships the last log batch. Jobs run in the same task group: a job whose session
-dies is abandoned (its host is told to cancel) because the studio has already released
-its claim, and a result for it would be refused.
+dies is abandoned (its host is told to cancel, and the job runner logs it with its id)
+because the studio has already released its claim, and a result for it would be refused.
+Frames go out no larger than the studio's frame limit (config ``max_frame_bytes``).
 """
 
 from __future__ import annotations
@@ -120,7 +121,11 @@ class StudioSession:
         log.info("connecting to %s", cfg.api_base_url)
         url = build_connect_url(cfg.api_base_url, cfg.worker_id)
         sock = await StudioSocket.connect(
-            url, cfg.auth_token, timeout_s=d.timings.connect_timeout_s, worker_id=cfg.worker_id
+            url,
+            cfg.auth_token,
+            timeout_s=d.timings.connect_timeout_s,
+            worker_id=cfg.worker_id,
+            max_frame_bytes=cfg.max_frame_bytes,
         )
         d.state.session_event(SessionEvent.CONNECTED)
         try:

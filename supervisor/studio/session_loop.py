@@ -3,12 +3,16 @@
 Reconnect policy (protocol.md §2.7): attempt ``n`` waits ``min(1 s x 2^(n-1), 30 s)``; the
 counter restarts after a welcomed session, so only consecutive failures accumulate; no cap
 by default (``ws_reconnect_attempts = 0``). 401 at upgrade, close 4001 and any ``error``
-frame end the loop for good, with the log lines the Rust worker prints.
+frame end the loop for good, with the log lines the Rust worker prints, with one exception:
+given ``reregister`` (only for a studio the supervisor owns, ``start --local``), an auth
+failure registers the worker again and reconnects, once per welcomed session, so a studio
+that refuses every registration still ends the loop.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import anyio
@@ -27,6 +31,8 @@ from supervisor.studio.session import SessionDeps, StudioSession
 log = logging.getLogger("supervisor.session")
 
 CREDENTIALS_POLL_S: Final = 1.0
+
+Reregister = Callable[[], Awaitable[object]]
 
 
 def has_credentials(worker_id: str | None, auth_token: str | None) -> bool:
@@ -48,11 +54,19 @@ async def wait_for_credentials(deps: SessionDeps) -> bool:
     return False
 
 
-async def serve_studio(deps: SessionDeps) -> None:
+def may_register_again(welcomed: int, welcomed_when_last_registered: int | None) -> bool:
+    """Register again after an auth failure only if the last time led to a welcome (or
+    there was no last time): a studio that refuses its own fresh token must not loop."""
+    return welcomed_when_last_registered is None or welcomed > welcomed_when_last_registered
+
+
+async def serve_studio(deps: SessionDeps, *, reregister: Reregister | None = None) -> None:
     """Run sessions until a graceful stop; raises AuthFailed, SessionFatal or
-    ReconnectExhausted when the loop must end without one."""
+    ReconnectExhausted when the loop must end without one (AuthFailed not while
+    ``reregister`` may register the worker again: see the module docstring)."""
     state = deps.state
     attempt = 0
+    registered_at: int | None = None  # state.sessions_welcomed when last registered again
     try:
         if not await wait_for_credentials(deps):
             return
@@ -63,8 +77,9 @@ async def serve_studio(deps: SessionDeps) -> None:
             try:
                 await session.run()
             except AuthFailed as exc:
-                log.error("auth failed: %s. Re-register the worker.", exc.reason)
-                raise
+                registered_at = await _register_again_or_raise(exc, deps, reregister, registered_at)
+                attempt = 0
+                continue
             except SessionFatal as exc:
                 log.error("fatal: %s", exc.reason)
                 raise
@@ -97,3 +112,22 @@ async def serve_studio(deps: SessionDeps) -> None:
     finally:
         if state.phase is not SessionPhase.STOPPED:
             state.session_event(SessionEvent.STOP)
+
+
+async def _register_again_or_raise(
+    exc: AuthFailed, deps: SessionDeps, reregister: Reregister | None, registered_at: int | None
+) -> int:
+    """Re-raise ``exc`` unless the owned studio may be registered with again; then do that
+    and return the welcome count it happened at (see ``may_register_again``)."""
+    state = deps.state
+    if reregister is None or not may_register_again(state.sessions_welcomed, registered_at):
+        log.error("auth failed: %s. Re-register the worker.", exc.reason)
+        raise exc
+    log.warning(
+        "auth failed: %s; the local studio no longer knows this worker (its data was reset?): "
+        "registering with it again",
+        exc.reason,
+    )
+    state.session_event(SessionEvent.LOST)
+    await reregister()
+    return state.sessions_welcomed

@@ -1,6 +1,8 @@
 """The WebSocket transport to the studio (protocol.md §2.1, §2.2, §2.5): connect, send,
 receive with a read-idle bound, close. It turns every way a socket can end into one of the
-``SessionError`` classes; what to do about it is the session's business.
+``SessionError`` classes; what to do about it is the session's business. Every frame is
+measured before it is sent: one over the studio's frame limit is refused (``FrameTooLarge``)
+and never reaches the socket, because the studio would drop the whole session for it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from protocol.studio import (
+    DEFAULT_MAX_FRAME_BYTES,
     SUBPROTOCOL,
     CloseCode,
     FrameError,
     WorkerInbound,
     WorkerOutbound,
     decode_outbound,
-    encode_frame,
+    encode_json,
     frame_label,
 )
 from supervisor.errors import (
     AuthFailed,
+    FrameTooLarge,
     SessionDisconnected,
     SessionProtocolError,
     SessionTransportError,
@@ -58,7 +62,9 @@ CLOSE_TIMEOUT_S: Final = 5.0
 # The Rust worker does not wait for it at all; one second keeps the handshake polite.
 CLOSE_HANDSHAKE_WAIT_S: Final = 1.0
 UPGRADE_BODY_MAX_CHARS: Final = 300
-MAX_FRAME_BYTES: Final = 64 * 2**20
+# The largest frame taken from the studio (an offer carries the whole prompt); what we
+# send answers to the studio's limit instead (``max_frame_bytes``).
+RECEIVE_MAX_BYTES: Final = 64 * 2**20
 
 
 def clip_body(body: bytes | bytearray) -> str:
@@ -80,13 +86,22 @@ def error_for_close(code: int | None, reason: str) -> AuthFailed | SessionDiscon
 
 
 class StudioSocket:
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(
+        self, ws: ClientConnection, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
         self._ws = ws
         self._closed = False
+        self.max_frame_bytes = max_frame_bytes  # the studio's limit on what we send
 
     @classmethod
     async def connect(
-        cls, url: str, auth_token: str, *, timeout_s: float = CONNECT_TIMEOUT_S, worker_id: str = ""
+        cls,
+        url: str,
+        auth_token: str,
+        *,
+        timeout_s: float = CONNECT_TIMEOUT_S,
+        worker_id: str = "",
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> StudioSocket:
         try:
             with anyio.fail_after(timeout_s):
@@ -97,7 +112,7 @@ class StudioSocket:
                     open_timeout=None,
                     ping_interval=None,
                     close_timeout=CLOSE_HANDSHAKE_WAIT_S,
-                    max_size=MAX_FRAME_BYTES,
+                    max_size=RECEIVE_MAX_BYTES,
                     user_agent_header=None,
                     logger=wire_log,
                 )
@@ -113,13 +128,18 @@ class StudioSocket:
         except (OSError, InvalidHandshake) as exc:
             log.warning("websocket connect failed worker_id=%s error=%s", worker_id, exc)
             raise SessionTransportError(f"websocket connect failed: {exc}") from None
-        return cls(ws)
+        return cls(ws, max_frame_bytes)
 
     async def send(self, frame: WorkerInbound) -> None:
+        """Send one frame; ``FrameTooLarge`` (nothing sent, the session intact) when it is
+        over ``max_frame_bytes``, ``SessionTransportError`` when the socket is gone."""
         if self._closed:
             raise SessionTransportError(f"{frame_label(frame)} send failed: socket closed")
+        data = encode_json(frame)  # UTF-8 JSON: its length is the frame's payload size
+        if len(data) > self.max_frame_bytes:
+            raise FrameTooLarge(frame_label(frame), len(data), self.max_frame_bytes)
         try:
-            await self._ws.send(encode_frame(frame))
+            await self._ws.send(data, text=True)
         except ConnectionClosed as exc:
             log.warning('websocket send failed frame="%s" error=%s', frame_label(frame), exc)
             raise SessionTransportError(f"{frame_label(frame)} send failed: {exc}") from None

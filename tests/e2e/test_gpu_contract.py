@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from protocol.tasks import ChatMessage, LlmTask, ModelCliDefaults, ModelSource
 from tests.support.contract_harness import (
     Processes,
-    process_registry,
     start_studio,
     start_supervisor,
     write_worker_config,
@@ -24,12 +20,6 @@ from tests.support.contract_harness import (
 
 SOURCE = ModelSource("synthetic", [], ModelCliDefaults(1.0, 8, 512, 512))
 JOBS = 8
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with process_registry(tmp_path) as registry:
-        yield registry
 
 
 def test_alternating_big_models_under_the_real_offer_rule(

@@ -3,6 +3,7 @@ in a real child interpreter, judged by its exit status and its output."""
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import subprocess
@@ -20,6 +21,8 @@ from engines.base import BinaryResult, JobContext
 from engines.errors import EngineError
 from engines.faults import (
     CRASH_EXIT_CODE,
+    DOWNLOAD_FILE,
+    FAULTS_ENV,
     START_CRASH_EXIT_CODE,
     FaultModel,
     FaultOptions,
@@ -62,11 +65,15 @@ def child_script(body: str, faults: str = "") -> str:
 
 
 def run_child(
-    body: str, faults: str = "", extra_args: tuple[str, ...] = ()
+    body: str,
+    faults: str = "",
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *extra_args, "-c", child_script(body, faults)],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT_S,
@@ -107,13 +114,16 @@ def test_blank_options_are_defaults(text: str) -> None:
 
 
 def test_all_options_parse() -> None:
-    opts = parse_fault_options("slow-start=2.5, crash-on-start,slow-job=5,leak-mb=32,crash-after=2")
+    opts = parse_fault_options(
+        "slow-start=2.5, crash-on-start,slow-job=5,leak-mb=32,crash-after=2,download=1.5"
+    )
     assert opts == FaultOptions(
         slow_start_s=2.5,
         crash_on_start=True,
         slow_job_s=5.0,
         leak_mb_per_job=32,
         crash_after=2,
+        download_s=1.5,
     )
 
 
@@ -142,6 +152,7 @@ def test_device_report_flags_parse() -> None:
         ("leak-mb=-3", "'leak-mb'"),
         ("crash-after=x", "'crash-after'"),
         ("leak-mb=1,leak-mb=2", "'leak-mb'"),
+        ("model-ids", "'model-ids'"),  # only the environment turns fault model ids on
     ],
 )
 def test_bad_options_raise_naming_the_key(text: str, named: str) -> None:
@@ -401,8 +412,74 @@ def test_fault_model_ids() -> None:
         "synthetic-abort",
         "synthetic-hang",
         "synthetic-slow",
+        "synthetic-download",
+        "synthetic-download-stall",
         "synthetic-leak",
         "synthetic-fail",
         "synthetic-oom",
         "synthetic-nofree",
     }
+
+
+# --- downloads ---------------------------------------------------------------------------
+
+
+def test_download_reports_growing_bytes_then_the_job_generates() -> None:
+    progress: list[ProgressCall] = []
+    engine = SyntheticEngine(FaultOptions(download_s=0.35))
+    started = time.monotonic()
+    result = engine.run(make_ctx(FaultModel.DOWNLOAD, progress))
+    assert time.monotonic() - started >= 0.35
+    assert isinstance(result, BinaryResult)
+    downloads = [call for call in progress if call[0] == "downloading"]
+    assert downloads[0][1] == 0 and all(call[3] == DOWNLOAD_FILE for call in downloads)
+    done = [call[1] for call in downloads]
+    assert done == sorted(done) and len(set(done)) >= 3
+    assert downloads[-1][1] == downloads[-1][2], "the last report is the whole file"
+    assert progress.index(downloads[-1]) < progress.index(("generating", 0, 2, ""))
+
+
+def test_download_stall_reports_once_and_waits_for_a_cancel() -> None:
+    progress: list[ProgressCall] = []
+    ctx = make_ctx(FaultModel.DOWNLOAD_STALL)
+
+    def cancel_soon(phase: str, step: int, total: int, message: str) -> None:
+        progress.append((phase, step, total, message))
+        threading.Timer(0.2, ctx.cancelled.set).start()
+
+    ctx.progress = cancel_soon
+    started = time.monotonic()
+    with pytest.raises(EngineError, match="cancelled"):
+        SyntheticEngine().run(ctx)
+    assert time.monotonic() - started >= 0.2
+    assert progress == [("downloading", 0, 1 << 20, DOWNLOAD_FILE)]
+
+
+# --- gating by the environment -------------------------------------------------------------
+
+
+def test_fault_model_ids_act_only_with_studio_worker_faults_1() -> None:
+    ordinary = SyntheticEngine(environ={})
+    assert isinstance(ordinary.run(make_ctx(FaultModel.FAIL)), BinaryResult)
+    assert isinstance(
+        SyntheticEngine(environ={FAULTS_ENV: "yes"}).run(make_ctx(FaultModel.FAIL)), BinaryResult
+    )
+    with pytest.raises(EngineError, match="synthetic failure requested"):
+        SyntheticEngine(environ={FAULTS_ENV: "1"}).run(make_ctx(FaultModel.FAIL))
+    # The per-process options work either way (tests and drills set them, never a studio).
+    drill = SyntheticEngine(FaultOptions(crash_after=0), environ={})
+    assert drill.faults.crash_after == 0 and not drill.faults.model_ids
+
+
+def test_without_the_environment_a_crash_model_is_an_ordinary_synthetic_model() -> None:
+    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
+    proc = run_child(
+        """
+        for model in ("synthetic-crash", "synthetic-segv", "synthetic-hang"):
+            run_on_job_thread(model)
+        print("all three returned", flush=True)
+        """,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "all three returned" in proc.stdout

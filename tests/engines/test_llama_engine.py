@@ -17,7 +17,7 @@ import pytest
 
 from engines.base import JobContext, JsonResult
 from engines.cpu_threads import THREADS_ENV, available_cores
-from engines.errors import EngineError, UnsupportedTask
+from engines.errors import EngineError, SchemaRefused, UnsupportedTask
 from engines.gguf_meta import GgufFormatError, iter_metadata, training_context
 from engines.llama import ENGINE_CLASS, LlamaEngine
 from engines.llama_model import LoadedModel
@@ -319,8 +319,9 @@ def test_an_unusable_json_schema_is_a_clear_error(engine: LlamaEngine) -> None:
     _local_model(engine)
     task = _chat()
     task.json_schema = {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}
-    with pytest.raises(EngineError, match="jsonSchema"):
+    with pytest.raises(SchemaRefused, match="jsonSchema cannot be enforced: `\\$ref`") as err:
         _run(engine, task, _source())
+    assert not err.value.retryable, "the input is wrong, not the worker"
 
 
 def test_a_prompt_that_overflows_the_context_is_refused(engine: LlamaEngine) -> None:

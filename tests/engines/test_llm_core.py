@@ -10,6 +10,7 @@ from engines.errors import EngineError
 from engines.llm_core import (
     DEFAULT_CONTEXT_SIZE,
     StopHold,
+    TokenText,
     chat_messages,
     completion_json,
     effective_context,
@@ -129,6 +130,39 @@ def test_completion_json_omits_absent_reasoning() -> None:
     assert "reasoning_content" not in value["choices"][0]["message"]
     assert value["choices"][0]["finish_reason"] == "length"
     assert value["elapsed_ms"] == 1
+
+
+def test_a_structured_answer_is_kept_whole() -> None:
+    text = ' {"note": "a</think>b"} '
+    message = completion_json("m", text, 1, 1, "stop", 1, structured=True)["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": '{"note": "a</think>b"}'}
+
+
+# --- token bytes to text ----------------------------------------------------------------------
+
+
+def test_a_character_split_across_tokens_waits_for_its_last_byte() -> None:
+    text = TokenText()
+    wave = "🌊".encode()
+    assert text.push(b"sea " + wave[:1]) == "sea "
+    assert text.push(wave[1:3]) == ""
+    assert text.push(wave[3:] + b"!") == "🌊!"
+    assert text.finish() == 0
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_a_character_cut_by_the_budget_is_dropped_and_counted(cut: int) -> None:
+    text = TokenText()
+    got = text.push("three emoji: 🌊🌪".encode()[: len("three emoji: 🌊".encode()) + cut])
+    assert got == "three emoji: 🌊"
+    assert text.finish() == cut
+    assert text.push("é".encode()) == "é", "a finished decoder starts clean"
+
+
+def test_bytes_that_can_never_be_a_character_stay_visible() -> None:
+    text = TokenText()
+    assert text.push(b"a\xe2b\xff") == "a\ufffdb\ufffd"
+    assert text.finish() == 0
 
 
 # --- picking the GGUF -------------------------------------------------------------------------

@@ -176,7 +176,8 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert load_config(path) == cfg
 
 
-def test_unknown_and_legacy_keys_load_and_vanish_on_save(tmp_path: Path) -> None:
+def test_unknown_and_legacy_keys_load_and_stay_on_save(tmp_path: Path) -> None:
+    # The Rust worker drops them on save; this worker keeps every byte it did not change.
     path = tmp_path / "config.toml"
     legacy = (
         'engine = "synthetic"\nauto_enabled = false\nlabel = "desk"\n'
@@ -185,11 +186,12 @@ def test_unknown_and_legacy_keys_load_and_vanish_on_save(tmp_path: Path) -> None
     )
     path.write_text(MINIMAL + legacy)
     cfg = load_config(path)
-    save_config(path, cfg)
+    save_config(path, cfg.replace(worker_id="w-1"))
     written = tomllib.loads(path.read_text())
     for key in ("engine", "auto_enabled", "label", "bootstrap_token", "totally_new_key"):
-        assert key not in written
-    assert written["engines"] == ["synthetic"]  # our key, written with its default
+        assert key in written
+    assert written["worker_id"] == "w-1"
+    assert "engines" not in written  # our key, unchanged from its default: not written
 
 
 @pytest.mark.parametrize("missing", ["api_base_url", "vram_threshold_gb", "auto_start"])

@@ -250,6 +250,19 @@ def test_submit_refuses_a_bad_timeout(tmp_path):
     assert "--timeout must be a number of seconds > 0" in assert_one_error(done, ExitCode.USAGE)
 
 
+def test_submit_refuses_an_unwritable_out_before_queueing(tmp_path, local_studio):
+    not_a_dir = tmp_path / "results"
+    not_a_dir.write_text("a file where the results should go")
+    done = cli(
+        tmp_path, "submit", "--prompt", "a fox", "--out", str(not_a_dir), "--studio", local_studio
+    )
+    line = assert_one_error(done, ExitCode.USAGE)
+    assert f"--out {not_a_dir} is not a writable directory" in line
+    assert "nothing was queued" in line
+    listed = cli(tmp_path, "studio", "jobs", "--studio", local_studio)
+    assert listed.returncode == 0 and "no jobs" in listed.stdout
+
+
 def fake_systemctl(tmp_path: Path, exit_code: int) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)

@@ -8,7 +8,6 @@ two jobs: the studio offers it the second only after the first completed
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -22,18 +21,11 @@ from tests.support.contract_harness import (
     STUDIO_READY,
     Processes,
     free_port,
-    process_registry,
     start_supervisor,
     write_worker_config,
 )
 
 LOCAL_STUDIO_RUNNING = re.compile(r"local studio running at (\S+)")
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    with process_registry(tmp_path) as registry:
-        yield registry
 
 
 @pytest.mark.anyio

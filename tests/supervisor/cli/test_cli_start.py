@@ -174,3 +174,34 @@ def test_start_refuses_a_bad_thread_override_before_spawning_hosts(tmp_path):
     assert result.returncode == 2
     assert "STUDIO_WORKER_THREADS must be a whole number from 1 to 1024, got '0'" in result.stderr
     assert "spawned engine host" not in result.stderr
+
+
+@pytest.mark.anyio
+async def test_a_config_too_deep_for_a_socket_address_still_answers_status(tmp_path):
+    deep = tmp_path / ("a-directory-with-a-long-name-" * 3) / ("and-another-one-" * 3)
+    deep.mkdir(parents=True)
+    config = deep / "config.toml"
+    sock = socket_path(config)
+    assert sock.parent.name == f"studio-worker-{os.getuid()}"
+    assert socket_path(config) == sock, "every command must find the same socket"
+    async with running_peer() as peer:
+        write_config(config, peer.base_url)
+        proc = start_process(config)
+        try:
+            conn = await peer.next_connection(timeout_s=30)
+            await conn.handshake()
+            with anyio.fail_after(10):
+                while not sock.is_socket():
+                    await anyio.sleep(0.05)
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+            assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+            done = await anyio.to_thread.run_sync(run_cli, config, "status")
+            assert done.returncode == 0, done.stderr
+            assert "session:            welcomed as w-1" in done.stdout
+            proc.send_signal(signal.SIGTERM)
+            assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=30)) == 0
+            assert not sock.exists(), "the socket is removed on a clean stop"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

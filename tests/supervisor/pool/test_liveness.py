@@ -1,10 +1,12 @@
-"""The watchdog's pure rules: ready timeout, per-state heartbeat limits, deadline, stall."""
+"""The watchdog's pure rules: ready timeout, per-state heartbeat limits, deadline, stall, and
+the download limits that replace the last two while a job downloads its model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.pool.liveness import RunningJobTimes, heartbeat_limit_s, liveness_verdict
+from supervisor.pool.job_clock import JobClock
+from supervisor.pool.liveness import heartbeat_limit_s, liveness_verdict
 from supervisor.pool.settings import PoolSettings
 
 S = PoolSettings(
@@ -14,6 +16,8 @@ S = PoolSettings(
     heartbeat_timeout_busy_s=20,
     heartbeat_timeout_loading_s=100,
     stall_timeout_s=60,
+    download_stall_s=30,
+    download_deadline_s=500,
 )
 
 
@@ -52,9 +56,42 @@ def test_silence_is_a_hang_by_state() -> None:
 
 
 def test_deadline_and_stall_of_a_running_job() -> None:
-    job = RunningJobTimes(deadline=30.0, deadline_s=30.0, progress_at=0.0)
+    job = JobClock(deadline_s=30.0, counting_from=0.0, progress_at=0.0)
     assert verdict(15.0, last_beat_at=14.0, job=job) is None
     late = verdict(31.0, last_beat_at=30.5, job=job)
     assert late.cause == "deadline" and "deadline of 30 s" in late.detail
-    stuck = RunningJobTimes(deadline=1000.0, deadline_s=1000.0, progress_at=0.0)
+    stuck = JobClock(deadline_s=1000.0, counting_from=0.0, progress_at=0.0)
     assert verdict(61.0, last_beat_at=60.5, job=stuck).cause == "stall"
+
+
+def test_a_download_answers_to_the_download_limits_not_the_deadline_or_the_stall() -> None:
+    job = JobClock(deadline_s=30.0, counting_from=0.0, progress_at=0.0)
+    job.progressed("downloading", 1.0, "m.gguf", 100)
+    assert job.downloading
+    job.progressed("downloading", 90.0, "m.gguf", 200)  # past the deadline and the stall
+    assert verdict(100.0, host_state="downloading", last_beat_at=99.0, job=job) is None
+    stalled = verdict(120.5, host_state="downloading", last_beat_at=120.0, job=job)
+    assert stalled.cause == "download_stall" and "nothing for 30 s" in stalled.detail
+    assert (stalled.crash, stalled.strikes_job) == (True, False)
+
+
+def test_a_download_past_its_deadline() -> None:
+    job = JobClock(deadline_s=30.0, counting_from=0.0, progress_at=0.0)
+    for t in range(0, 510, 10):
+        job.progressed("downloading", float(t), "m.gguf", t)
+    late = verdict(501.5, host_state="downloading", last_beat_at=501.0, job=job)
+    assert late.cause == "download_deadline" and "download_deadline_s=500" in late.detail
+    assert (late.crash, late.strikes_job) == (True, False)
+
+
+def test_the_job_deadline_starts_when_the_download_ends() -> None:
+    job = JobClock(deadline_s=30.0, counting_from=0.0, progress_at=0.0)
+    job.phase_seen("generating", 0.5)  # the host's state before its download: no change
+    job.progressed("downloading", 1.0, "m.gguf", 1)
+    job.phase_seen("downloading", 2.0)  # a heartbeat: still the same download
+    assert job.downloading_since == 1.0
+    job.progressed("downloading", 100.0, "m.gguf", 2)
+    job.phase_seen("loading", 110.0)
+    assert not job.downloading and job.deadline == 140.0
+    assert verdict(139.0, last_beat_at=138.5, job=job) is None
+    assert verdict(140.5, last_beat_at=140.0, job=job).cause == "deadline"

@@ -90,6 +90,15 @@ def test_reset_forgets_the_history() -> None:
     assert detector.record(1.0) is False
 
 
+def test_forget_takes_back_one_crash_a_job_turned_out_to_cause() -> None:
+    detector = CrashLoopDetector(max_crashes=2, window_s=60.0)
+    assert detector.record(0.0) is False
+    detector.forget(0.0)
+    detector.forget(0.0)  # gone already (or out of the window): nothing happens
+    assert detector.recent == 0
+    assert detector.record(1.0) is False
+
+
 def test_single_crash_limit_parks_at_once() -> None:
     assert CrashLoopDetector(max_crashes=1, window_s=1.0).record(5.0) is True
 

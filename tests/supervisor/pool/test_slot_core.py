@@ -1,9 +1,10 @@
 """The pure slot core, driven through scenario tables: no event loop, no process, no clock.
 
 Each scenario is a list of steps; a step applies one event (a spawn, a message, a tick at
-time t, an exit, a drain, a reservation) and names what the core must answer: the state,
-the verdict's cause, the job's fate, the next step between generations. The real-process
-tests (test_pool.py) drive the same core through real hosts.
+time t, an exit, a drain, a reservation, a probe result) and names what the core must
+answer: the state, the verdict's cause, the job's fate, the next step between generations,
+the strike a job takes. The real-process tests (test_pool.py) drive the same core through
+real hosts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from protocol import ipc
+from supervisor.pool.loss_ledger import Strike
 from supervisor.pool.policies import PoisonJobs, RecycleLimits
 from supervisor.pool.settings import PoolSettings
 from supervisor.pool.slot_core import SlotCore
@@ -33,6 +35,8 @@ SETTINGS = PoolSettings(
     crash_loop_max=3,
     crash_loop_window_s=100,
     crash_loop_cooldown_s=300,
+    download_stall_s=20,
+    download_deadline_s=200,
     recycle=RecycleLimits(after_jobs=0, rss_growth_bytes=1000, vram_growth_bytes=0),
 )
 GPU0 = ExpectedDevice(0, "Sim 24G", "GPU-aaaa", must_compute_there=True)
@@ -53,8 +57,10 @@ def ready_msg(compute: ipc.ComputeDevice | None = None) -> ipc.Ready:
     )
 
 
-def beat(state: str = "idle", rss: int = 100, loads: int = 1, seq: int = 0, jobs: int = 0):  # type: ignore[no-untyped-def]
-    return ipc.HostHeartbeat(state, None, rss, None, jobs, loads, seq)  # type: ignore[arg-type]
+def beat(  # type: ignore[no-untyped-def]
+    state: str = "idle", rss: int = 100, loads: int = 1, seq: int = 0, jobs: int = 0, job=None
+):
+    return ipc.HostHeartbeat(state, job, rss, None, jobs, loads, seq)  # type: ignore[arg-type]
 
 
 def cause(verdict: Verdict | None) -> LossCause | None:
@@ -82,6 +88,23 @@ def heartbeat(t: float, **kw: object):  # type: ignore[no-untyped-def]
 
 def tick(t: float):  # type: ignore[no-untyped-def]
     return lambda core: cause(core.tick(t))
+
+
+def progress(job: str, t: float, phase: str = "generating", done: int = 0, file: str = ""):  # type: ignore[no-untyped-def]
+    """A progress report (``done``: bytes of ``file`` while downloading); returns whether it
+    was the running job's."""
+    msg = ipc.Progress(job, phase, done, 100, file)  # type: ignore[arg-type]
+    return lambda core: core.progress_received(msg, t)
+
+
+def probe(ok: bool = True, detail: str = "cpu: nothing to probe"):  # type: ignore[no-untyped-def]
+    """The host answers a probe: a strike, the cause of the verdict, or None."""
+
+    def go(core: SlotCore) -> object:
+        answer = core.probe_answered(ok, detail)
+        return answer.cause if isinstance(answer, Verdict) else answer
+
+    return go
 
 
 def reserve(job: str):  # type: ignore[no-untyped-def]
@@ -131,6 +154,35 @@ def lose(  # type: ignore[no-untyped-def]
     return go
 
 
+def lose_unproven(loss: LossCause, t: float):  # type: ignore[no-untyped-def]
+    """Like ``lose``, for a host that ends before it proved itself: returns the job whose
+    pending loss stays the engine's, whether the slot parked, and the state."""
+
+    def go(core: SlotCore) -> object:
+        verdict = Verdict(loss, "died")
+        core.leave_generation(verdict)
+        settled = core.settle(verdict, "exit text", t)
+        return (settled.unproven, settled.parked, core.state)
+
+    return go
+
+
+def bad_job(job: str, t: float) -> list[Step]:
+    """A fresh host (proving first when a loss is pending) runs ``job``, which kills it."""
+    return [
+        ("spawned", spawn(t), S.STARTING),
+        ("ready", ready(t + 0.5), None),
+        ("proven", lambda c: c.probe_answered(True, "ok") and c.state, S.READY),
+        ("reserve", reserve(job), False),
+        ("start", start(job, t + 1), S.BUSY),
+        (
+            "the job kills its host",
+            lose(LossCause.SIGNAL, t + 2),
+            (("signal", True), False, S.RESTARTING),
+        ),
+    ]
+
+
 def next_step(t: float):  # type: ignore[no-untyped-def]
     return lambda core: core.next_step(t)
 
@@ -176,21 +228,219 @@ SCENARIOS: dict[str, list[Step]] = {
         ),
         ("fresh backoff", next_step(317), Wait(318)),
     ],
-    "a job that kills two hosts is poison": [
+    "a loss becomes its job's strike once the fresh host passes its probe": [
         ("spawned", spawn(0), S.STARTING),
         ("ready", ready(0), None),
         ("reserve", reserve("p"), False),
         ("start", start("p", 1), S.BUSY),
+        ("loss: retryable", lose(LossCause.SIGNAL, 2), (("signal", True), False, S.RESTARTING)),
+        ("counted as a crash for now", lambda c: c.crash_loop_count, 1),
+        ("no strike yet", lambda c: c._poison.strikes_of("p"), 0),
+        ("backs off", next_step(2), Wait(3)),
+        ("spawned", spawn(3), S.STARTING),
+        ("ready: proving first", ready(3.5), None),
         (
-            "first loss: retryable",
-            lose(LossCause.SIGNAL, 2),
-            (("signal", True), False, S.RESTARTING),
+            "proving",
+            lambda c: (c.state, c.is_free, c.is_serving, c.proving_for),
+            (S.PROVING, False, False, "p"),
         ),
+        ("the probe passes: the job's strike", probe(), Strike("p", 1, 2, poison=False)),
+        ("ready and free", lambda c: (c.state, c.is_free), (S.READY, True)),
+        ("no longer a crash", lambda c: c.crash_loop_count, 0),
+        ("struck once", lambda c: c._poison.strikes_of("p"), 1),
+        ("a later probe result changes nothing", probe(), None),
+    ],
+    "a job that kills two proven hosts is poison; a third loss fails it final": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("p"), False),
+        ("start", start("p", 1), S.BUSY),
+        ("first loss", lose(LossCause.SIGNAL, 2), (("signal", True), False, S.RESTARTING)),
         ("spawned", spawn(3), S.STARTING),
         ("ready", ready(3), None),
+        ("proven", probe(), Strike("p", 1, 2, poison=False)),
         ("reserve", reserve("p"), False),
         ("start again", start("p", 4), S.BUSY),
-        ("second loss: final", lose(LossCause.EXIT, 5), (("poison", False), False, S.RESTARTING)),
+        (
+            "second loss: still retryable (not proven yet)",
+            lose(LossCause.EXIT, 5),
+            (("exit", True), False, S.RESTARTING),
+        ),
+        ("spawned", spawn(6), S.STARTING),
+        ("ready", ready(6), None),
+        ("proven: now poison", probe(), Strike("p", 2, 2, poison=True)),
+        ("reserve", reserve("p"), False),
+        ("start (the router would refuse it)", start("p", 7), S.BUSY),
+        (
+            "already poison: final",
+            lose(LossCause.EXIT, 8),
+            (("poison", False), False, S.RESTARTING),
+        ),
+    ],
+    "three bad jobs in a row: each struck, the slot never parks": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("a"), False),
+        ("start", start("a", 1), S.BUSY),
+        ("a kills its host", lose(LossCause.SIGNAL, 2), (("signal", True), False, S.RESTARTING)),
+        *bad_job("b", 3),
+        *bad_job("c", 6),
+        ("spawned", spawn(9), S.STARTING),
+        ("ready", ready(9), None),
+        ("proven", probe(), Strike("c", 1, 2, poison=False)),
+        (
+            "never parked, nothing left in the crash loop",
+            lambda c: (c.state, c.crash_loop_count, c.parked_until),
+            (S.READY, 0, None),
+        ),
+        ("one strike each", lambda c: [c._poison.strikes_of(j) for j in "abc"], [1, 1, 1]),
+    ],
+    "a broken driver: every job kills its host, no fresh host proves itself: parks, no strikes": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("a"), False),
+        ("start", start("a", 1), S.BUSY),
+        ("a's host dies", lose(LossCause.SIGNAL, 2), (("signal", True), False, S.RESTARTING)),
+        ("spawned", spawn(3), S.STARTING),
+        (
+            "the fresh host dies at start",
+            lose_unproven(LossCause.EXIT, 3.5),
+            ("a", False, S.RESTARTING),
+        ),
+        ("spawned", spawn(6), S.STARTING),
+        ("ready: nothing pending, no probe", ready(6), None),
+        ("free", lambda c: (c.state, c.is_free), (S.READY, True)),
+        ("reserve", reserve("b"), False),
+        ("start", start("b", 7), S.BUSY),
+        (
+            "b's host dies: the loop is full",
+            lose(LossCause.SIGNAL, 8),
+            (("signal", True), True, S.FAILED),
+        ),
+        ("no strikes", lambda c: [c._poison.strikes_of(j) for j in "ab"], [0, 0]),
+        ("cool-down", next_step(8), Wait(308)),
+        ("then a fresh start", next_step(308), Spawn()),
+        ("spawned", spawn(308), S.STARTING),
+        ("ready: b's loss still waits for a proof", ready(308.5), None),
+        ("proving", lambda c: c.state, S.PROVING),
+        (
+            "a host that dies too leaves b unstruck",
+            lose_unproven(LossCause.SIGNAL, 309),
+            ("b", False, S.RESTARTING),
+        ),
+        ("no strikes", lambda c: [c._poison.strikes_of(j) for j in "ab"], [0, 0]),
+    ],
+    "a broken driver whose fresh hosts fail their probe: parks, no strikes": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("a"), False),
+        ("start", start("a", 1), S.BUSY),
+        ("a's host dies", lose(LossCause.SIGNAL, 2), (("signal", True), False, S.RESTARTING)),
+        ("spawned", spawn(3), S.STARTING),
+        ("ready", ready(3), None),
+        ("the probe fails", probe(ok=False, detail="CUDA error"), LossCause.PROBE_FAILED),
+        (
+            "replaced: a crash, a's loss unproven",
+            lose_unproven(LossCause.PROBE_FAILED, 3.5),
+            ("a", False, S.RESTARTING),
+        ),
+        *bad_job("b", 6)[:2],
+        ("free at once", lambda c: c.is_free, True),
+        ("reserve", reserve("b"), False),
+        ("start", start("b", 7), S.BUSY),
+        ("b's host dies: parked", lose(LossCause.EXIT, 8), (("exit", True), True, S.FAILED)),
+        ("no strikes", lambda c: [c._poison.strikes_of(j) for j in "ab"], [0, 0]),
+    ],
+    "a fresh host that never answers its probe is replaced": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("a"), False),
+        ("start", start("a", 1), S.BUSY),
+        ("lost", lose(LossCause.HANG, 2), (("hang", True), False, S.RESTARTING)),
+        ("spawned", spawn(3), S.STARTING),
+        ("ready", ready(3), None),
+        ("beats", heartbeat(12), None),
+        ("still within the ready timeout", tick(12.9), None),
+        ("no answer", tick(13.1), LossCause.PROBE_FAILED),
+    ],
+    "drained while proving": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("a"), False),
+        ("start", start("a", 1), S.BUSY),
+        ("lost", lose(LossCause.EXIT, 2), (("exit", True), False, S.RESTARTING)),
+        ("spawned", spawn(3), S.STARTING),
+        ("ready", ready(3), None),
+        ("drain", drain(), (LossCause.DRAIN, S.PROVING)),
+        ("leave", lose(LossCause.DRAIN, 4, "shutting down"), (None, False, S.STOPPED)),
+        ("done", next_step(4), Stop()),
+    ],
+    "a loss while downloading is no strike: no probe, counted as a crash": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("d"), False),
+        ("start", start("d", 1), S.BUSY),
+        ("downloading", progress("d", 2, "downloading", 10, "m.gguf"), True),
+        ("dies", lose(LossCause.SIGNAL, 3), (("signal", True), False, S.RESTARTING)),
+        ("a crash", lambda c: c.crash_loop_count, 1),
+        ("spawned", spawn(4), S.STARTING),
+        ("ready at once: nothing to prove", ready(4), None),
+        ("free", lambda c: (c.state, c.is_free), (S.READY, True)),
+        ("no strike", lambda c: c._poison.strikes_of("d"), 0),
+    ],
+    "a download does not count toward the job deadline, which starts when it ends": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("d"), False),
+        ("start (deadline 30 s)", start("d", 0, deadline_s=30), S.BUSY),
+        ("the heartbeat says downloading", heartbeat(1, state="downloading", seq=1, job="d"), None),
+        ("bytes", progress("d", 1, "downloading", 10, "m.gguf"), True),
+        ("bytes", progress("d", 19, "downloading", 20, "m.gguf"), True),
+        ("bytes", progress("d", 38, "downloading", 30, "m.gguf"), True),
+        ("past 30 s, downloading: no deadline", tick(40), None),
+        ("loading: the deadline clock starts", progress("d", 50, "loading"), True),
+        ("29 s later", tick(79), None),
+        ("30 s later", tick(81), LossCause.DEADLINE),
+    ],
+    "a download with no bytes for download_stall_s is a download stall": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("d"), False),
+        ("start", start("d", 0), S.BUSY),
+        ("bytes", progress("d", 1, "downloading", 10, "m.gguf"), True),
+        ("the same count again is no bytes", progress("d", 15, "downloading", 10, "m.gguf"), True),
+        ("beats", heartbeat(20, state="downloading", seq=1, job="d"), None),
+        ("20 s without bytes", tick(20.9), None),
+        ("21 s", tick(21.1), LossCause.DOWNLOAD_STALL),
+        (
+            "no strike, retryable",
+            lose(LossCause.DOWNLOAD_STALL, 21.2),
+            (("download_stall", True), False, S.RESTARTING),
+        ),
+        ("counted as a crash", lambda c: c.crash_loop_count, 1),
+    ],
+    "a download longer than download_deadline_s": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("d"), False),
+        ("start", start("d", 0, deadline_s=1000), S.BUSY),
+        *[
+            (f"bytes at {t}", progress("d", t, "downloading", t, "m.gguf"), True)
+            for t in range(1, 202, 10)
+        ],
+        ("beats", heartbeat(200, state="downloading", seq=1, job="d"), None),
+        ("200 s in", tick(200.9), None),
+        ("past it", tick(201.1), LossCause.DOWNLOAD_DEADLINE),
+    ],
+    "a heartbeat ends the download phase too (a load asked for before any progress)": [
+        ("spawned", spawn(0), S.STARTING),
+        ("ready", ready(0), None),
+        ("reserve", reserve("d"), False),
+        ("start", start("d", 0, deadline_s=30), S.BUSY),
+        ("bytes", progress("d", 1, "downloading", 10, "m.gguf"), True),
+        ("loading, by heartbeat", heartbeat(100, state="loading", seq=2, job="d"), None),
+        ("no stall: not downloading", tick(125), None),
+        ("deadline from the end of the download", tick(131), LossCause.DEADLINE),
     ],
     "out of memory: no strike, no crash, one local retry held": [
         ("spawned", spawn(0), S.STARTING),

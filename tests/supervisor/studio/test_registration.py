@@ -164,6 +164,21 @@ async def test_first_tick_posts_and_persists_request(
     assert on_disk.registration_secret not in sent.body.decode()
 
 
+async def test_an_operator_edit_during_registration_is_not_reverted(
+    studio: FakeStudio, registrar: Registrar, cfg_path: Path
+) -> None:
+    studio.script("POST", REGISTER, accepted("rr-001"))
+    studio.script("GET", poll_path("rr-001"), APPROVED)
+    await tick(registrar)
+    # While the request waits for approval, the operator changes the threshold by hand.
+    edited = load_config(cfg_path)
+    save_config(cfg_path, edited.replace(vram_threshold_gb=20.0), previous=edited)
+    await tick(registrar)  # approved: credentials are saved
+    on_disk = load_config(cfg_path)
+    assert on_disk.auth_token == TOKEN
+    assert on_disk.vram_threshold_gb == 20.0
+
+
 async def test_pending_poll_then_approval(
     studio: FakeStudio, registrar: Registrar, cfg_path: Path, clock: FixedClock,
     caplog: pytest.LogCaptureFixture,
@@ -297,7 +312,7 @@ async def test_request_id_without_secret_starts_over(
 # --- save failures -----------------------------------------------------------------------
 
 
-def failing_save(path: Path, cfg: WorkerConfig) -> None:
+def failing_save(path: Path, cfg: WorkerConfig, **_: object) -> None:
     raise ConfigError(f"saving config.toml ({path}): Read-only file system")
 
 

@@ -217,20 +217,24 @@ async def test_engine_crash_mid_job_fails_retryable_then_poison(tmp_path):
         fail = await conn.expect(studio.Fail)
         assert fail.retryable is True
         assert "died (exit code 3)" in fail.error and "job-crash" in fail.error
-        # The host comes back; the same job crashing it again is poison: not retryable.
+        # The fresh host passes its probe (ready again): the loss was the job's, a strike.
         slot = run.sup.pool.slots[0]
         assert await slot.wait_ready(10)
+        assert run.sup.pool.poison.strikes_of("job-crash") == 1
+        # Crashing the next host is its second strike, once the host after it proves itself;
+        # the fail goes out at the loss, still retryable.
         await conn.send(offer("job-crash", image_task(), model="synthetic-crash"))
         await conn.expect(studio.Accept)
-        fail = await conn.expect(studio.Fail)
-        assert fail.retryable is False
-        assert "not retried" in fail.error
+        assert (await conn.expect(studio.Fail)).retryable is True
         assert await slot.wait_ready(10)
+        assert run.sup.pool.poison.is_poison("job-crash")
         # A third offer of the poison job is refused without touching a host.
         restarts = slot.restarts
         await conn.send(offer("job-crash", image_task(), model="synthetic-crash"))
         await conn.expect(studio.Accept)
-        assert (await conn.expect(studio.Fail)).retryable is False
+        fail = await conn.expect(studio.Fail)
+        assert fail.retryable is False
+        assert "has already taken down an engine host twice" in fail.error
         assert slot.restarts == restarts
 
 

@@ -1,0 +1,136 @@
+"""The bytes of config.toml: style-preserving edits and the atomic, owner-only write.
+
+``patch_toml`` changes the given top-level keys of an operator's file and leaves every other
+byte as it was (comments, blank lines, key order, number spelling, keys this worker does not
+know), through tomlkit's round-trip document. ``write_private`` replaces a file atomically
+(temp file in the same directory, fsync, rename, directory fsync) with mode 0600, because
+the file holds credentials; ``make_private`` sets an existing file holding one to 0600
+when its group or other bits are set. This module knows nothing about which keys exist or
+what they mean (``supervisor.config`` decides what changed) and its log lines name paths
+and modes only, never text: the text it handles may hold secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import Item
+
+log = logging.getLogger("supervisor.config")
+
+PRIVATE_MODE: Final = 0o600
+SHARED_MODE_BITS: Final = 0o077  # group and other: none may be set on a file with secrets
+
+
+class UnpatchableError(Exception):
+    """The existing text is not TOML that tomlkit can edit; the caller writes it whole.
+    Carries no detail on purpose: the parser's message could quote a secret."""
+
+
+def render_toml(values: Mapping[str, Any]) -> str:
+    """A fresh file: one ``key = value`` line per entry, in the mapping's order."""
+    return tomlkit.dumps(dict(values))
+
+
+def patch_toml(text: str, changes: Mapping[str, Any | None]) -> str:
+    """``text`` with each key of ``changes`` set to its value (``None``: the key removed).
+
+    A replaced value keeps its line's trailing comment; a new key goes after the last
+    top-level key (before the first ``[table]``, where tomlkit puts it). Raises
+    ``UnpatchableError`` when ``text`` does not parse.
+    """
+    try:
+        doc = tomlkit.parse(text)
+    except TOMLKitError:
+        raise UnpatchableError from None
+    for key, value in changes.items():
+        if value is None:
+            if key in doc:
+                del doc[key]
+            continue
+        new = tomlkit.item(value)
+        old = doc.item(key) if key in doc else None
+        if isinstance(old, Item):
+            # The operator's note on this line is about the key, not the old value.
+            new.trivia.comment = old.trivia.comment
+            new.trivia.comment_ws = old.trivia.comment_ws
+        doc[key] = new
+    return doc.as_string()
+
+
+def too_open(mode: int, *, holds_secret: bool) -> bool:
+    """A file holding a secret must grant nothing to group or others (a Rust worker's file
+    or a hand copy may be 0644, and nothing would tighten it until some later save)."""
+    return os.name == "posix" and holds_secret and bool(mode & SHARED_MODE_BITS)
+
+
+def make_private(path: Path, *, holds_secret: bool) -> None:
+    """Set ``path`` to 0600 when ``too_open``, with a warning either way it goes."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # it was just read; a delete since then is the next load's business
+    if not too_open(mode, holds_secret=holds_secret):
+        return
+    try:
+        path.chmod(PRIVATE_MODE)
+    except OSError as exc:
+        log.warning(
+            "config: %s holds credentials and is readable by group or others (mode %04o), "
+            "and setting it to 0600 failed: %s; run `chmod 600 %s`",
+            path,
+            mode,
+            exc.strerror,
+            path,
+        )
+        return
+    log.warning(
+        "config: %s holds credentials but was readable by group or others (mode %04o); "
+        "set it to 0600",
+        path,
+        mode,
+    )
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, mode 0600; parent directories are created.
+
+    Raises ``OSError``; no temp file is left behind either way.
+    """
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        Path(tmp).chmod(PRIVATE_MODE)  # mkstemp already makes it 0600; say so explicitly
+        Path(tmp).replace(path)
+        tmp = None
+        _fsync_dir(path.parent)
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; best effort (not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,75 @@
+"""Which config ``start --local`` may point at its own studio: pure rules, no I/O.
+
+The local worker must never overwrite another studio's registration. A config that holds
+registration state (a worker id, token, pending request or install id) for a studio that is
+not on this machine's loopback is refused before anything starts (LocalConfigConflict); the
+operator runs ``start --local`` without ``--config``, which uses a config of its own beside
+the default one. A loopback studio is taken to be a local studio: when its address changed
+(another port) the old registration is void there and is cleared, as a fresh local studio
+would not know it anyway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from supervisor.config import WorkerConfig, default_config_path
+from supervisor.errors import LocalConfigConflict
+
+REGISTRATION_FIELDS: Final = (
+    "worker_id",
+    "auth_token",
+    "registration_request_id",
+    "registration_secret",
+    "install_id",
+)
+
+
+def local_config_path() -> Path:
+    """``start --local``'s own config (and its studio's data beside it), next to the default."""
+    return default_config_path().parent / "local" / "config.toml"
+
+
+def studio_data_dir(config_path: Path) -> Path:
+    """Where the owned studio keeps its database and assets: beside its config."""
+    return config_path.parent / "studio"
+
+
+def is_loopback_url(url: str) -> bool:
+    """An http(s) URL on 127.0.0.0/8, ::1 or ``localhost``: a studio on this machine."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def holds_registration(cfg: WorkerConfig) -> bool:
+    return any(getattr(cfg, name) for name in REGISTRATION_FIELDS)
+
+
+def check_owned_config(cfg: WorkerConfig, config_path: Path) -> None:
+    """Refuse a config registered (or registering) with a studio elsewhere; raises
+    LocalConfigConflict. A fresh config, or one of a loopback studio, is the local one's."""
+    if holds_registration(cfg) and not is_loopback_url(cfg.api_base_url):
+        raise LocalConfigConflict(config_path, cfg.api_base_url, local_config_path())
+
+
+def pointed_at(cfg: WorkerConfig, studio_url: str) -> WorkerConfig | None:
+    """``cfg`` with ``api_base_url`` set to the owned studio, or None when it already is.
+    Another address means another studio, where the old credentials are void: cleared."""
+    base = studio_url.rstrip("/") + "/"
+    if cfg.api_base_url == base:
+        return None
+    return cfg.replace(api_base_url=base, **dict.fromkeys(REGISTRATION_FIELDS))
