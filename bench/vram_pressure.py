@@ -24,7 +24,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,15 +35,14 @@ import httpx
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.local_run import studio_and_worker
 from localstudio.client import LocalStudioClient
 from protocol.tasks import ChatMessage, LlmTask, ModelCliDefaults, ModelSource
-from supervisor.config import WorkerConfig, save_config
+from supervisor.config import WorkerConfig
 
-REPO = Path(__file__).resolve().parents[1]
 SOURCE = ModelSource("synthetic", [], ModelCliDefaults(1.0, 8, 512, 512))
 MODELS = ("model-a", "model-b")
 MODEL_GIB = 14.0
-READY = re.compile(r"local studio listening on (\S+)")
 
 
 @dataclass(frozen=True)
@@ -77,69 +75,38 @@ def run_once(root: Path, jobs: int, governed: bool) -> Outcome:
         "STUDIO_WORKER_GPU_SAMPLE_S": "0.05",
         "STUDIO_WORKER_REGISTRATION_POLL_S": "0.2",
     }
-    studio = subprocess.Popen(
-        [sys.executable, "-m", "localstudio", "--port", "0", "--auto-approve",
-         "--data-dir", str(root / "studio")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    supervisor: subprocess.Popen[bytes] | None = None
-    try:
-        assert studio.stdout is not None
-        match = READY.search(studio.stdout.readline())
-        if match is None:
-            raise SystemExit("the local studio did not start")
-        url = match.group(1)
-        config = root / "config.toml"
-        metrics_port = free_port()
-        save_config(
-            config,
-            WorkerConfig(
-                api_base_url=url,
-                models_root=root / "models",
-                engines=("synthetic@0", "synthetic@0"),
-                gpu_governance=governed,
-                vram_threshold_gb=24.0,
-                vram_headroom_mb=512,
-                vram_unload_timeout_s=5.0,
-            ),
-        )
-        log = root.joinpath("supervisor.log").open("wb")
-        supervisor = subprocess.Popen(
-            [sys.executable, "-c", "from supervisor.cli.app import main; main()",
-             "--config", str(config), "start", "--metrics", f"127.0.0.1:{metrics_port}"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-        log.close()
-        with LocalStudioClient(url) as client:
-            _wait_for_worker(client)
-            started = time.perf_counter()
-            ids = [
-                client.submit_job(
-                    MODELS[i % 2],
-                    LlmTask(messages=[ChatMessage("user", f"job {i}")], max_tokens=8),
-                    SOURCE,
-                    vram_gb_estimate=MODEL_GIB,
-                ).id
-                for i in range(jobs)
-            ]
-            final = [client.wait_for_job(job_id, timeout_s=600).status for job_id in ids]
-            seconds = time.perf_counter() - started
+    cfg = WorkerConfig(
+        models_root=root / "models",
+        engines=("synthetic@0", "synthetic@0"),
+        gpu_governance=governed,
+        vram_threshold_gb=24.0,
+        vram_headroom_mb=512,
+        vram_unload_timeout_s=5.0,
+    )
+    metrics_port = free_port()
+    start = ["--metrics", f"127.0.0.1:{metrics_port}"]
+    with studio_and_worker(root, env, cfg, start) as url, LocalStudioClient(url) as client:
+        _wait_for_worker(client)
+        started = time.perf_counter()
+        ids = [
+            client.submit_job(
+                MODELS[i % 2],
+                LlmTask(messages=[ChatMessage("user", f"job {i}")], max_tokens=8),
+                SOURCE,
+                vram_gb_estimate=MODEL_GIB,
+            ).id
+            for i in range(jobs)
+        ]
+        final = [client.wait_for_job(job_id, timeout_s=600).status for job_id in ids]
+        seconds = time.perf_counter() - started
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        return Outcome(
-            done=final.count("done"),
-            failed=final.count("failed"),
-            oom_failures=int(metric(text, "studio_worker_job_failures_total", 'reason="vram_oom"')),
-            evictions=int(metric(text, "studio_worker_model_evictions_total")),
-            seconds=seconds,
-        )
-    finally:
-        for proc in (supervisor, studio):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    return Outcome(
+        done=final.count("done"),
+        failed=final.count("failed"),
+        oom_failures=int(metric(text, "studio_worker_job_failures_total", 'reason="vram_oom"')),
+        evictions=int(metric(text, "studio_worker_model_evictions_total")),
+        seconds=seconds,
+    )
 
 
 def _wait_for_worker(client: LocalStudioClient) -> None:

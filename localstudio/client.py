@@ -48,6 +48,7 @@ _job = msgspec.json.Decoder(JobView)
 _jobs = msgspec.json.Decoder(JobList)
 _registration = msgspec.json.Decoder(RegistrationView)
 _registrations = msgspec.json.Decoder(RegistrationList)
+_worker = msgspec.json.Decoder(WorkerView)
 _workers = msgspec.json.Decoder(WorkerList)
 _logs = msgspec.json.Decoder(LogList)
 _error = msgspec.json.Decoder(ErrorBody)
@@ -122,6 +123,10 @@ def _decide(request_id: str, verb: str, reason: str | None = None) -> _Call[Regi
     body = None if reason is None else msgspec.json.encode({"reason": reason})
     path = f"/local/workers/pending/{request_id}/{verb}"
     return _Call("POST", path, _registration.decode, body=body)
+
+
+def _revoke(worker_id: str) -> _Call[WorkerView]:
+    return _Call("POST", f"/local/workers/{worker_id}/revoke", _worker.decode)
 
 
 _PENDING: Final = _Call(
@@ -230,6 +235,10 @@ class LocalStudioClient:
     def workers(self) -> list[WorkerView]:
         return self._run(_WORKERS)
 
+    def revoke_worker(self, worker_id: str) -> WorkerView:
+        """Take the worker's token away; its live session is closed ``auth_failed``/4001."""
+        return self._run(_revoke(worker_id))
+
     def logs(
         self, *, worker_id: str | None = None, job_id: str | None = None, limit: int = 200
     ) -> list[LogView]:
@@ -328,6 +337,10 @@ class AsyncLocalStudioClient:
 
     async def workers(self) -> list[WorkerView]:
         return await self._run(_WORKERS)
+
+    async def revoke_worker(self, worker_id: str) -> WorkerView:
+        """Take the worker's token away; its live session is closed ``auth_failed``/4001."""
+        return await self._run(_revoke(worker_id))
 
     async def logs(
         self, *, worker_id: str | None = None, job_id: str | None = None, limit: int = 200

@@ -14,6 +14,8 @@ Decisions the real studio leaves open (see also the module docs of ``jobs``):
 - a newer connection for the same worker inherits the older one's accepted jobs (same
   worker, same token: a reconnect after a half-open socket) and the older one is closed
   4003; unanswered offers of the older one are requeued;
+- revoking a worker (the operator) releases what its session holds exactly as a session
+  that ends does, then closes it ``auth_failed``/4001; its token is dead from then on;
 - while the server shuts down, sessions end without releasing anything: the restart
   puts every orphaned claim back in the queue without counting an attempt;
 - how many jobs one worker holds at once is the ``OfferRule`` (``selection``): up to its
@@ -27,12 +29,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import assert_never
+from typing import Final, assert_never
 
 import anyio
 import msgspec
 
-from localstudio.auth import secret_matches
+from localstudio.auth import mint_token, secret_matches, sha256_hex
 from localstudio.errors import ProtocolViolationError
 from localstudio.jobs import is_transient_reject
 from localstudio.records import JobRecord, NewJob
@@ -65,6 +67,8 @@ from protocol.studio import (
 from protocol.tasks import ModelSource, Task
 
 log = logging.getLogger("localstudio")
+
+REVOKED_MESSAGE: Final = "token revoked by the studio operator"
 
 _task_decoder = msgspec.json.Decoder(Task)
 _source_decoder = msgspec.json.Decoder(ModelSource)
@@ -120,11 +124,41 @@ class Dispatcher:
         session.close(CloseCode.NORMAL, "session ended")  # no-op when already closing
         held, session.held = session.held, {}
         log.info("worker %s disconnected holding %d job(s)", session.worker_id, len(held))
+        self._release_held(session.worker_id, held)
+
+    def revoke(self, worker_id: str) -> bool:
+        """The operator takes the worker's token away; False for an unknown worker.
+
+        The stored hash becomes that of a fresh token nobody is given, so the old one fails
+        the upgrade (401), a hello (``auth_failed``) and an upload. A live session is
+        forgotten at once, its jobs released as when a session ends, and it is closed with
+        ``error{auth_failed}`` + 4001, what the worker reads as "re-register".
+        """
+        if self._workers.get(worker_id) is None:
+            return False
+        self._workers.set_token(worker_id, sha256_hex(mint_token()))
+        session = self._sessions.pop(worker_id, None)
+        held: dict[str, bool] = {}
+        if session is not None:
+            held, session.held = session.held, {}
+            session.close_with_error(ERROR_AUTH_FAILED, REVOKED_MESSAGE)
+        log.warning(
+            "worker %s revoked by the operator: token replaced, %s, %d job(s) released",
+            worker_id,
+            "session closed" if session is not None else "no session",
+            len(held),
+        )
+        self._release_held(worker_id, held)
+        return True
+
+    def _release_held(self, worker_id: str, held: dict[str, bool]) -> None:
+        """Requeue what a gone session held: an unanswered offer as it was, an accepted job
+        with an attempt counted. Nothing while the server shuts down (see the module doc)."""
         if self._closing:
             return
         for job_id, accepted in held.items():
             error = "worker session ended while running the job" if accepted else None
-            self._jobs.release(job_id, session.worker_id, count_attempt=accepted, error=error)
+            self._jobs.release(job_id, worker_id, count_attempt=accepted, error=error)
         self._notify()
         self.pump()
 

@@ -5,7 +5,9 @@ Jobs: ``POST /local/jobs`` (201 + the job), ``GET /local/jobs[?status=]``,
 (answers as soon as the job is in one of ``until``, or at the timeout with whatever it
 is then: a long poll, so nobody sleeps waiting), ``GET /local/jobs/{id}/asset``.
 Workers: ``GET /local/workers``, ``GET /local/workers/pending``,
-``POST /local/workers/pending/{requestId}/approve``, ``.../reject`` (``{"reason"}``).
+``POST /local/workers/pending/{requestId}/approve``, ``.../reject`` (``{"reason"}``),
+``POST /local/workers/{workerId}/revoke`` (its token stops working and a live session is
+closed ``auth_failed``/4001; the worker as ``GET /local/workers`` lists it, 404 if unknown).
 Logs: ``GET /local/logs[?workerId=&jobId=&limit=]``.
 
 With an admin token configured every route wants ``Authorization: Bearer <token>``
@@ -85,6 +87,7 @@ class LocalApi:
             Route("/local/workers/pending", g(self.list_pending), methods=["GET"]),
             Route("/local/workers/pending/{request_id}/approve", g(self.approve), methods=["POST"]),
             Route("/local/workers/pending/{request_id}/reject", g(self.reject), methods=["POST"]),
+            Route("/local/workers/{worker_id}/revoke", g(self.revoke), methods=["POST"]),
             Route("/local/logs", g(self.list_logs), methods=["GET"]),
         ]
 
@@ -178,6 +181,15 @@ class LocalApi:
         body = decode_body(raw, RejectBody) if raw.strip() else RejectBody()
         record = self._store.workers.reject_request(request.path_params["request_id"], body.reason)
         return _decision(record, "rejected")
+
+    async def revoke(self, request: Request) -> Response:
+        worker_id: str = request.path_params["worker_id"]
+        if not self._dispatcher.revoke(worker_id):
+            return error_response(404, f"unknown worker {worker_id}")
+        worker = self._store.workers.get(worker_id)
+        if worker is None:  # revoke just found it; nothing deletes workers
+            return error_response(404, f"unknown worker {worker_id}")
+        return json_response(worker_view(worker, self._dispatcher.session_of(worker_id)))
 
     # --- logs ----------------------------------------------------------------------------
 

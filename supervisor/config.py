@@ -20,10 +20,7 @@ only a position, never file content.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sys
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -37,12 +34,12 @@ from supervisor.config_file import (
     render_toml,
     write_private,
 )
+from supervisor.config_paths import CONFIG_FILE_NAME, default_models_root, expand_home
 from supervisor.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-APP_DIR_NAME: Final = "minis-studio-worker"
-CONFIG_FILE_NAME: Final = "config.toml"
+
 DEFAULT_API_BASE_URL: Final = "https://studio.minis.gg/"
 DEFAULT_UPDATE_FEED: Final = "https://api.github.com/repos/webbertakken/studio-worker/releases"
 DEFAULT_ENGINES: Final = ("synthetic",)
@@ -51,37 +48,49 @@ SECRET_FIELDS: Final = frozenset({"auth_token", "registration_secret", "local_ap
 REDACTED: Final = "<redacted>"
 
 LogFormat = Literal["text", "json"]
+LaneMode = Literal["one", "per-gpu"]
+LANE_MODES: Final = ("one", "per-gpu")
+IDENTITY_FIELDS: Final = (
+    "install_id",
+    "registration_request_id",
+    "registration_secret",
+    "worker_id",
+    "auth_token",
+)
+"""One studio identity: what each lane keeps of its own (supervisor/lanes/)."""
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(gt=0)]
 
 
-def _home_dir() -> Path | None:
-    try:
-        return Path.home()
-    except RuntimeError:
-        return None
+class LaneIdentity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A ``[lane.NAME]`` table: the studio identity of a lane after the first (the first
+    lane uses the top-level keys, so a one-lane registration carries over), and a lane's
+    own ``vram_threshold_gb`` (``set-threshold --lane``; the first lane's too)."""
 
+    install_id: str | None = None
+    registration_request_id: str | None = None
+    registration_secret: str | None = None
+    worker_id: str | None = None
+    auth_token: str | None = None
+    vram_threshold_gb: NonNegFloat | None = None
 
-def default_models_root() -> Path:
-    """``~/models``, or ``$TMPDIR/studio-worker-models`` when there is no home directory."""
-    home = _home_dir()
-    if home is None:
-        return Path(tempfile.gettempdir()) / "studio-worker-models"
-    return home / "models"
+    def without_identity(self) -> LaneIdentity | None:
+        """The table once its registration is cleared (None: nothing left in it)."""
+        rest = LaneIdentity(vram_threshold_gb=self.vram_threshold_gb)
+        return rest if rest != LaneIdentity() else None
 
+    def without_threshold(self) -> LaneIdentity | None:
+        rest = msgspec.structs.replace(self, vram_threshold_gb=None)
+        return rest if rest != LaneIdentity() else None
 
-def expand_home(value: str) -> str:
-    """Expand a leading ``~`` or ``~/`` (nothing else, e.g. not ``~user``); kept if no home."""
-    home = _home_dir()
-    if home is None:
-        return value
-    if value == "~":
-        return str(home)
-    if value.startswith("~/"):
-        return str(home / value[2:])
-    return value
+    def __repr__(self) -> str:
+        inner = ", ".join(
+            f"{name}={REDACTED if name in SECRET_FIELDS and value is not None else value!r}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"LaneIdentity({inner})"
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +162,13 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_frame_bytes: PosInt = 16 * 2**20
     """The studio's WebSocket frame limit: a JSON result (with its echoed prompt) larger
     than this fails its job ``retryable: false`` instead of dropping the session."""
+    lanes: LaneMode = "one"
+    """``one``: one studio identity serves every slot (the Rust worker's way); ``per-gpu``:
+    one identity (lane) per GPU index in ``engines``, so the studio, which offers a worker
+    one job at a time, keeps every GPU busy."""
+    lane: dict[str, LaneIdentity] = msgspec.field(default_factory=dict)
+    """The identities of the lanes after the first, as ``[lane.gpu1]`` tables. Last: TOML
+    tables must follow every top-level key."""
 
     @property
     def has_credentials(self) -> bool:
@@ -175,26 +191,6 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __rich_repr__(self) -> Any:  # rich / typer pretty printing; msgspec's shows secrets
         yield from self._redacted_fields()
-
-
-def default_config_path() -> Path:
-    """Where the Rust worker keeps config.toml (the ``directories`` crate's config dir).
-
-    Linux: ``$XDG_CONFIG_HOME/minis-studio-worker/config.toml`` (an absolute
-    ``XDG_CONFIG_HOME`` only), else ``~/.config/minis-studio-worker/config.toml``.
-    """
-    home = _home_dir() or Path(tempfile.gettempdir())
-    if sys.platform == "darwin":
-        base = home / "Library" / "Application Support" / f"gg.minis.{APP_DIR_NAME}"
-    elif sys.platform == "win32":
-        appdata = os.environ.get("APPDATA")
-        root = Path(appdata) if appdata else home / "AppData" / "Roaming"
-        base = root / "minis" / APP_DIR_NAME / "config"
-    else:
-        xdg = os.environ.get("XDG_CONFIG_HOME", "")
-        root = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".config"
-        base = root / APP_DIR_NAME
-    return base / CONFIG_FILE_NAME
 
 
 _TOML_POSITION: Final = re.compile(r"\((at line \d+, column \d+|at end of document)\)")
@@ -312,12 +308,30 @@ def load_config(path: Path) -> WorkerConfig:
     return cfg
 
 
+def holds_secret(cfg: WorkerConfig) -> bool:
+    """A token or secret at the top level or in any lane's table."""
+    tables = [cfg, *cfg.lane.values()]
+    return any(getattr(t, name, None) for t in tables for name in SECRET_FIELDS)
+
+
+def current_config(path: Path) -> WorkerConfig:
+    """What the file holds now, read without log lines (a save's base); the defaults when
+    there is no file. Raises ConfigError like ``load_config``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return WorkerConfig()
+    except OSError as exc:
+        raise ConfigError(f"reading {CONFIG_FILE_NAME} ({path}): {exc.strerror}") from None
+    return _decode(path, data, quiet=True)
+
+
 def secure_config(path: Path, cfg: WorkerConfig) -> None:
     """Set the file to 0600, with a warning, when it holds a secret (``cfg`` was loaded from
     it) and grants group or other bits. Called where a worker starts, once its logging is
     set up, and when the running worker re-reads the file: that is where the operator
     looks for the warning."""
-    make_private(path, holds_secret=any(getattr(cfg, name) for name in SECRET_FIELDS))
+    make_private(path, holds_secret=holds_secret(cfg))
 
 
 def _file_values(cfg: WorkerConfig) -> dict[str, Any]:
@@ -335,7 +349,7 @@ def changed_values(before: WorkerConfig, after: WorkerConfig) -> dict[str, Any |
 def render_config(cfg: WorkerConfig) -> str:
     """The TOML text of a fresh file for ``cfg`` (unset optional keys omitted); includes
     secrets."""
-    return render_toml({k: v for k, v in _file_values(cfg).items() if v is not None})
+    return render_toml({k: v for k, v in _file_values(cfg).items() if v not in (None, {})})
 
 
 def _patched(path: Path, cfg: WorkerConfig, previous: WorkerConfig | None) -> bytes:

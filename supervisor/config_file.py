@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import tomlkit
+from tomlkit.container import OutOfOrderTableProxy
 from tomlkit.exceptions import TOMLKitError
-from tomlkit.items import Item
+from tomlkit.items import Item, Table
 
 log = logging.getLogger("supervisor.config")
 
@@ -41,7 +42,8 @@ def render_toml(values: Mapping[str, Any]) -> str:
 
 
 def patch_toml(text: str, changes: Mapping[str, Any | None]) -> str:
-    """``text`` with each key of ``changes`` set to its value (``None``: the key removed).
+    """``text`` with each key of ``changes`` set to its value (``None``: the key removed; a
+    mapping: a table, whose keys are patched the same way).
 
     A replaced value keeps its line's trailing comment; a new key goes after the last
     top-level key (before the first ``[table]``, where tomlkit puts it). Raises
@@ -51,19 +53,32 @@ def patch_toml(text: str, changes: Mapping[str, Any | None]) -> str:
         doc = tomlkit.parse(text)
     except TOMLKitError:
         raise UnpatchableError from None
+    _patch_container(doc, changes)
+    return doc.as_string()
+
+
+def _patch_container(container: Any, changes: Mapping[str, Any | None]) -> None:
     for key, value in changes.items():
-        if value is None:
-            if key in doc:
-                del doc[key]
+        if value is None or value == {}:
+            if key in container:
+                del container[key]
             continue
-        new = tomlkit.item(value)
-        old = doc.item(key) if key in doc else None
-        if isinstance(old, Item):
+        old = container.item(key) if key in container else None
+        if isinstance(value, Mapping) and isinstance(old, Table | OutOfOrderTableProxy):
+            # A table (``[lane.gpu1]``) is edited key by key, like the top level.
+            gone = {k: None for k in old if k not in value}
+            _patch_container(old, {**gone, **value})
+            continue
+        if isinstance(value, Mapping):
+            new: Item = tomlkit.table(is_super_table=True)
+            _patch_container(new, value)
+        else:
+            new = tomlkit.item(value)
+        if isinstance(old, Item) and not isinstance(value, Mapping):
             # The operator's note on this line is about the key, not the old value.
             new.trivia.comment = old.trivia.comment
             new.trivia.comment_ws = old.trivia.comment_ws
-        doc[key] = new
-    return doc.as_string()
+        container[key] = new
 
 
 def too_open(mode: int, *, holds_secret: bool) -> bool:

@@ -18,11 +18,11 @@ how it ended.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,23 +31,20 @@ import anyio.abc
 
 from engines.cache_budget import budget_bytes
 from engines.catalog import missing_backend
-from protocol.studio import Capabilities
-from supervisor.config import WorkerConfig, load_config, save_config, secure_config
+from supervisor.config import LaneMode, WorkerConfig, load_config, save_config, secure_config
 from supervisor.errors import (
-    AuthFailed,
     ControlListenError,
     LocalStudioError,
     MetricsListenError,
-    ReconnectExhausted,
-    RegistrationAbortedError,
-    SessionFatal,
     StartupError,
     UrlError,
-    WorkerError,
 )
-from supervisor.exit_codes import ExitCode
 from supervisor.instance_lock import hold_instance_lock
-from supervisor.live_config import LiveConfig
+from supervisor.lanes.context import CURRENT_LANE
+from supervisor.lanes.lane import Lane, make_lanes
+from supervisor.lanes.log_routing import LaneShipHandler
+from supervisor.lanes.plan import plan_lanes
+from supervisor.lanes.serve import LaneContext, lanes_exit, serve_lane
 from supervisor.ops.control import ControlServer, socket_path
 from supervisor.ops.metrics_server import MetricsServer, parse_listen
 from supervisor.owned_studio.keeper import StudioKeeper
@@ -58,14 +55,9 @@ from supervisor.pool.gpu_setup import prepared_gpus
 from supervisor.pool.policies import RecycleLimits
 from supervisor.pool.settings import PoolSettings
 from supervisor.pool.slot_spec import SlotSpec, parse_engines
-from supervisor.studio.capabilities import build_capabilities
 from supervisor.studio.http import StudioHttp
-from supervisor.studio.log_queue import LogShipQueue, ShipHandler
-from supervisor.studio.registration import ensure_registered, register_again
-from supervisor.studio.session import SessionDeps, SessionTimings
-from supervisor.studio.session_loop import serve_studio
+from supervisor.studio.session import SessionTimings
 from supervisor.studio.urls import build_connect_url, normalize_base_url
-from supervisor.worker_state import WorkerState
 
 log = logging.getLogger("supervisor.runtime")
 
@@ -82,15 +74,24 @@ class StartOptions:
     heartbeat_s: float = 1.0  # host -> supervisor
     metrics_listen: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz
     local: LocalStudioSpec | None = None  # `--local`: run and own a local studio
+    lanes: LaneMode | None = None  # overrides the config's `lanes`
+
+
+def lane_mode(cfg: WorkerConfig, opts: StartOptions) -> LaneMode:
+    return opts.lanes or cfg.lanes
 
 
 def slot_specs(cfg: WorkerConfig, opts: StartOptions) -> list[SlotSpec]:
     """The slots to run: ``--engines`` if given, else the config's ``engines``. Raises
-    SlotSpecError for a list that does not parse, StartupError for a missing library."""
+    SlotSpecError for a list that does not parse, StartupError for a missing library.
+    With lanes per GPU no synthetic slot is added unless listed: it advertises every
+    kind, and the studio picks a worker by its kinds."""
+    one = lane_mode(cfg, opts) == "one"
     if opts.engines is not None:
-        specs = parse_engines(opts.engines)
+        specs = parse_engines(opts.engines, with_synthetic=one)
     else:
-        specs = parse_engines(list(cfg.engines), source=f"`engines` of {opts.config_path}")
+        source = f"`engines` of {opts.config_path}"
+        specs = parse_engines(list(cfg.engines), with_synthetic=one, source=source)
     problems = [p for p in (missing_backend(e) for e in sorted({s.engine for s in specs})) if p]
     if problems:
         raise StartupError("; ".join(problems))
@@ -120,6 +121,7 @@ def check_start(
     studio's URL replaces it), the metrics address, and with ``gpus`` that every
     ``engine@N`` names a GPU that is there (``DeviceIndexError``). Returns the slots."""
     specs = slot_specs(cfg, opts)
+    plan_lanes(specs, lane_mode(cfg, opts))  # per GPU: every slot must be on one
     if opts.local is not None:
         check_owned_config(cfg, opts.config_path)
     elif studio_url:
@@ -176,9 +178,7 @@ class Supervisor:
             self.pool = EnginePool(self.specs, pool_settings(cfg, opts), gpus)
             self._resources = resources.pop_all()
         listen = opts.metrics_listen or cfg.metrics_listen
-        self.state = WorkerState()
-        self.logs = LogShipQueue()
-        self.pool.add_listener(self.state.nudge)
+        self.lanes = make_lanes(plan_lanes(self.specs, lane_mode(cfg, opts)), self.pool)
         self.keeper = (
             StudioKeeper(studio_data_dir(opts.config_path), opts.local) if opts.local else None
         )
@@ -186,10 +186,10 @@ class Supervisor:
         self.stop_reason = "session ended"
         self.initial_config = cfg
         self._started = time.monotonic()
-        self.metrics = MetricsServer(listen, self.pool, self.state) if listen else None
+        self.metrics = MetricsServer(listen, self.pool, self.lanes) if listen else None
 
     async def run(self) -> int:
-        handler = ShipHandler(self.logs)
+        handler = LaneShipHandler(self.lanes)
         logging.getLogger().addHandler(handler)
         raised: list[logging.Logger] = []
         for name in ("supervisor", "engines"):
@@ -230,7 +230,7 @@ class Supervisor:
             if studio_error is not None:
                 return studio_error
         await tg.start(self.pool.serve)
-        control = ControlServer(socket_path(self.opts.config_path), self.pool, self.state)
+        control = ControlServer(socket_path(self.opts.config_path), self.pool, self.lanes)
         try:
             await tg.start(control.serve)
         except ControlListenError as exc:
@@ -270,68 +270,34 @@ class Supervisor:
         return None
 
     async def _serve_studio(self) -> int:
-        cfg = self.initial_config
-        try:
-            async with StudioHttp() as http:
-                cfg = await ensure_registered(
-                    self.opts.config_path,
-                    cfg,
-                    self._capabilities,
-                    self.stop,
-                    self.opts.registration_poll_s,
-                    http=http,
-                )
-                timings = self.opts.timings or SessionTimings(drain_grace_s=cfg.drain_grace_s)
-                deps = SessionDeps(
-                    config=LiveConfig(self.opts.config_path, cfg),
-                    pool=self.pool,
-                    state=self.state,
-                    logs=self.logs,
-                    http=http,
-                    stop=self.stop,
-                    timings=timings,
-                )
-                # Registering again after a 401 is only for a studio this supervisor owns.
-                reregister = (
-                    functools.partial(
-                        register_again,
-                        deps.config,
-                        self._capabilities,
-                        self.stop,
-                        self.opts.registration_poll_s,
-                        http=http,
-                    )
-                    if self.keeper is not None
-                    else None
-                )
-                await serve_studio(deps, reregister=reregister)
-        except RegistrationAbortedError as exc:
-            log.info("%s", exc)
-            return exc.exit_code
-        except AuthFailed as exc:
-            self.stop_reason = f"ws auth failed: {exc.reason}"
-            return exc.exit_code
-        except SessionFatal as exc:
-            self.stop_reason = f"ws fatal: {exc.reason}"
-            return exc.exit_code
-        except ReconnectExhausted as exc:
-            self.stop_reason = str(exc)
-            return exc.exit_code
-        except WorkerError as exc:  # e.g. a rejected registration (3), the studio unreachable (1)
-            self.stop_reason = str(exc)
-            log.error("%s", exc)
-            return exc.exit_code
-        return ExitCode.OK
+        """Every lane's registration and sessions, side by side, until each has stopped."""
+        async with StudioHttp() as http:
+            ctx = LaneContext(
+                config_path=self.opts.config_path,
+                initial=self.initial_config,
+                stop=self.stop,
+                http=http,
+                registration_poll_s=self.opts.registration_poll_s,
+                timings=self.opts.timings,
+                owns_studio=self.keeper is not None,
+            )
+            async with anyio.create_task_group() as tg:
+                for lane in self.lanes:
+                    tg.start_soon(self._serve_lane, lane, ctx)
+        code, reason = lanes_exit(self.lanes)
+        if reason is not None:
+            self.stop_reason = reason
+        return code
 
-    def _capabilities(self, cfg: WorkerConfig) -> Capabilities:
-        """What the register request advertises (registration passes the live config)."""
-        return build_capabilities(
-            cfg,
-            self.pool.models_per_kind(),
-            paused=self.state.paused,
-            max_concurrent_jobs=self.pool.capacity(),
-            vram_gb=self.pool.gpu.advertised_gb(cfg.vram_threshold_gb),
-        )
+    async def _serve_lane(self, lane: Lane, ctx: LaneContext) -> None:
+        if len(self.lanes) > 1:
+            CURRENT_LANE.set(lane.name)  # this task's log lines ship on the lane's session
+        await serve_lane(lane, ctx)
+        serving = [other.name for other in self.lanes if other.exit_code is None]
+        if lane.ended and serving:
+            log.error(
+                "lane %s stopped (%s); still serving: %s", lane.name, lane.ended, ", ".join(serving)
+            )
 
     async def _wait_for_hosts(self) -> None:
         """Give the hosts a chance to come up so the first hello advertises real models;
@@ -370,7 +336,9 @@ class Supervisor:
                     return
 
     def _log_summary(self, code: int) -> None:
-        outcomes = self.state.job_outcomes
+        outcomes: Counter[str] = Counter()
+        for lane in self.lanes:
+            outcomes.update(lane.state.job_outcomes)
         restarts = sum(s.restarts for s in self.pool.slots)
         log.info(
             "supervisor stopped: reason=%s exit_code=%d uptime_s=%d jobs_done=%d "

@@ -131,6 +131,8 @@ def default_text(name: str, value: object) -> str:
         return f'"{value}"'
     if isinstance(value, tuple):
         return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if value == {}:
+        return "none"
     return repr(value)
 
 

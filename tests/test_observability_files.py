@@ -1,7 +1,9 @@
 """deploy/grafana and deploy/prometheus cannot drift from the code: every metric a dashboard
 query or an alert rule names is one supervisor/ops/metrics.py exports (histograms through
-their ``_bucket``/``_sum``/``_count`` series), every label value they match on is one the
-code can produce, the dashboard shows every exported metric, and the crash-loop alert
+their ``_bucket``/``_sum``/``_count`` series), every label they match, group or print is one
+that series carries (``lane`` only on the per-lane session and job families), every label
+value they match on is one the code can produce, the dashboard shows every exported metric
+and filters the per-lane ones by its lane variable, and the crash-loop alert
 leaves out the same restart causes the slot's own crash-loop guard does. The operator
 guide lists every alert, and the troubleshooting sections they point to exist. The dashboard's
 queries are valid PromQL by promtool's parser; the alert rules themselves are checked and
@@ -9,19 +11,22 @@ unit-tested by promtool in scripts/test (deploy/prometheus/alerts.test.yml)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import yaml
 
 from supervisor.gpu.health import GpuHealth
-from supervisor.ops.metrics import JOB_OUTCOMES, RESTART_CAUSES
+from supervisor.ops.metrics import JOB_OUTCOMES, RESTART_CAUSES, WorkerCollector
+from supervisor.pool.engine_pool import EnginePool
 from supervisor.pool.slot_state import SlotState
 from supervisor.pool.verdict import NOT_CRASHES, LossCause
 from supervisor.session_state import SessionPhase
@@ -50,8 +55,85 @@ LABEL_VALUES: dict[tuple[str, str], frozenset[str]] = {
         [*(c.value for c in LossCause), *(c.value for c in RefuseCause)]
     ),
 }
+# Labels Prometheus adds to every scraped series (the worker exports none of them).
+TARGET_LABELS = frozenset({"instance", "job"})
+# The families that carry `lane` (one studio identity each); slot, GPU and readiness series
+# are the whole supervisor's and have none.
+LANE_FAMILIES = frozenset(
+    {
+        "studio_worker_session_phase",
+        "studio_worker_session_reconnects_total",
+        "studio_worker_sessions_welcomed_total",
+        "studio_worker_heartbeat_ack_age_seconds",
+        "studio_worker_paused",
+        "studio_worker_jobs_total",
+        "studio_worker_jobs_running",
+        "studio_worker_job_duration_seconds",
+        "studio_worker_job_failures_total",
+    }
+)
+# Grouping clauses: an aggregation's `by`/`without`, a binary operator's `on`/`ignoring`.
+GROUPING = re.compile(r"\b(by|without|on|ignoring)\s*\(([^)]*)\)")
+LABEL_VALUES_QUERY = re.compile(r"label_values\(\s*(\w+)\s*(?:\{[^}]*\})?\s*,\s*(\w+)\s*\)")
+LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+ANNOTATION_LABEL = re.compile(r"\$labels\.(\w+)")
 # Grafana variables, replaced by what Grafana would send to Prometheus.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".+"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".+", "$lane": ".*"}
+
+
+@functools.cache
+def family_labels() -> dict[str, frozenset[str]]:
+    """Each exported metric (histograms as their family) -> the label names its series
+    carry, from the collector itself: over no slots, no GPUs and no lanes it still makes
+    every family, with its label names, and no samples."""
+    pool = SimpleNamespace(slots=[], gpu=SimpleNamespace(readings={}, evictions={}, health={}))
+    out = {}
+    for family in WorkerCollector(cast(EnginePool, pool), []).collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        out[name] = frozenset(family._labelnames) | TARGET_LABELS
+    return out
+
+
+def series_labels(series: str) -> frozenset[str] | None:
+    """The labels a series name a query may use carries (``le`` on a histogram's
+    ``_bucket``); None for a name the code does not export."""
+    families = family_labels()
+    if series in families:
+        return families[series]
+    for part in HISTOGRAM_PARTS:
+        family = series.removesuffix(part)
+        if series.endswith(part) and family in families:
+            return families[family] | ({"le"} if part == "_bucket" else set())
+    return None
+
+
+def known_series(text: str) -> list[tuple[str, frozenset[str]]]:
+    """The exported series ``text`` names, each with its labels."""
+    return [(m, labels) for m in METRIC.findall(text) if (labels := series_labels(m)) is not None]
+
+
+def balanced(text: str) -> str:
+    """The inside of the parenthesis ``text`` opens with."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return text[1:i]
+    return text[1:]
+
+
+def grouping_clauses(expr: str) -> Iterator[tuple[str, list[str], str]]:
+    """Each grouping clause: keyword, labels, and the text whose series it groups (the
+    aggregation's argument after ``by``/``without``; for ``on``/``ignoring``, or an argument
+    written before the clause, the whole expression)."""
+    for match in GROUPING.finditer(expr):
+        keyword, names = match.groups()
+        labels = [name.strip() for name in names.split(",") if name.strip()]
+        scope = expr
+        rest = expr[match.end() :].lstrip()
+        if keyword in ("by", "without") and rest.startswith("("):
+            scope = balanced(rest)
+        yield keyword, labels, scope
 
 
 def dashboard() -> dict[str, Any]:
@@ -115,6 +197,47 @@ def unknown_label_values(exprs: list[str]) -> list[str]:
     return problems
 
 
+def unknown_labels(exprs: list[str]) -> list[str]:
+    """Labels a query matches or groups by that the series it names do not carry: a
+    matcher's label must be on its selector's series, a grouping label on every series the
+    clause groups (target labels ``instance`` and ``job`` are on all of them)."""
+    problems = []
+    for expr in exprs:
+        for metric, body in SELECTOR.findall(expr):
+            have = series_labels(metric)
+            if have is None:
+                continue  # not exported: the metric-name checks report it
+            problems += [
+                f"{metric}{{{label}{op}{value!r}}}: {metric} has no label {label!r} "
+                f"(only {sorted(have)})"
+                for label, op, value in MATCHER.findall(body)
+                if label not in have
+            ]
+        for keyword, labels, scope in grouping_clauses(expr):
+            problems += [
+                f"{keyword} ({label}) in {expr!r}: {metric} has no label {label!r}"
+                for label in labels
+                for metric, have in known_series(scope)
+                if label not in have
+            ]
+    return problems
+
+
+def unknown_result_labels(expr: str, labels: list[str]) -> list[str]:
+    """Labels a legend or an alert annotation prints that the query's result cannot have:
+    each must be a target label or carried by a series the query names, kept by every
+    ``by (...)`` and dropped by no ``without (...)``."""
+    carried = set(TARGET_LABELS).union(*(have for _, have in known_series(expr)))
+    clauses = list(grouping_clauses(expr))
+    return [
+        f"{{{{{label}}}}} of {expr!r}"
+        for label in labels
+        if label not in carried
+        or any(k == "by" and label not in kept for k, kept, _ in clauses)
+        or any(k == "without" and label in dropped for k, dropped, _ in clauses)
+    ]
+
+
 def test_dashboard_queries_use_exported_metrics():
     board = dashboard()
     used = metric_names(dashboard_queries(board) + variable_queries(board))
@@ -148,6 +271,66 @@ def test_the_label_check_catches_a_renamed_value():
     ]
     assert len(unknown_label_values(bad)) == 2
     assert unknown_label_values(['studio_worker_jobs_total{outcome=~"failed_.*"}']) == []
+
+
+def test_lane_is_a_label_of_the_per_lane_families_only():
+    """The collector is where the label names come from: it exports every metric the
+    source names, and ``lane`` exactly on the per-lane session and job families."""
+    families = family_labels()
+    assert set(families) == exported_metrics()
+    assert {name for name, labels in families.items() if "lane" in labels} == LANE_FAMILIES
+
+
+def test_labels_are_ones_the_series_carry():
+    board = dashboard()
+    exprs = dashboard_queries(board) + [rule["expr"] for rule in alert_rules()]
+    assert unknown_labels(exprs) == []
+    for query in variable_queries(board):
+        for metric, label in LABEL_VALUES_QUERY.findall(query):
+            assert label in (series_labels(metric) or ()), f"{query}: no {label!r} on {metric}"
+
+
+def test_legends_and_annotations_print_labels_the_result_has():
+    problems = [
+        problem
+        for panel in panels(dashboard())
+        for target in panel.get("targets", [])
+        for problem in unknown_result_labels(
+            target["expr"], LEGEND_LABEL.findall(target.get("legendFormat", ""))
+        )
+    ]
+    for rule in alert_rules():
+        printed = ANNOTATION_LABEL.findall(" ".join(rule["annotations"].values()))
+        problems += [f"{rule['alert']}: {p}" for p in unknown_result_labels(rule["expr"], printed)]
+    assert problems == []
+
+
+def test_the_label_name_check_catches_a_label_a_series_lacks():
+    """Not vacuous: `lane` on a slot, GPU or readiness series is reported, as is a
+    per-lane label on the wrong family; the per-lane families take it."""
+    bad = [
+        'studio_worker_slot_state{instance=~"$instance", lane=~"$lane"} == 1',
+        "sum by (lane, cause) (increase(studio_worker_engine_restarts_total[5m]))",
+        'studio_worker_ready{lane="main"}',
+        'sum by (lane) (studio_worker_gpu_health{state="healthy"})',
+        'studio_worker_jobs_total{slot="sdcpp-gpu0-0"}',
+        'studio_worker_model_load_seconds_sum{lane="gpu0"}',
+    ]
+    assert [len(unknown_labels([expr])) for expr in bad] == [1] * len(bad)
+    good = [
+        'studio_worker_heartbeat_ack_age_seconds{instance="w1:9464", lane="gpu1"} > 30',
+        'sum by (instance, job, lane) (rate(studio_worker_jobs_total{outcome="done"}[5m]))',
+        "histogram_quantile(0.5, sum by (le, lane)"
+        ' (rate(studio_worker_job_duration_seconds_bucket{lane=~"gpu.*"}[5m])))',
+        'max by (instance, job, lane) (studio_worker_session_phase{phase="welcomed"}) == 0'
+        " and on (instance, job) studio_worker_ready == 1",
+    ]
+    assert unknown_labels(good) == []
+    # lane: not on the series; slot: on it, but summed away; cause: kept.
+    printed = unknown_result_labels(bad[1], ["lane", "cause", "slot"])
+    assert printed == [f"{{{{{label}}}}} of {bad[1]!r}" for label in ("lane", "slot")]
+    assert unknown_result_labels("studio_worker_slot_state == 1", ["lane"]) != []
+    assert unknown_result_labels(good[1], ["instance", "lane"]) == []
 
 
 def test_crash_loop_alert_ignores_the_causes_the_guard_ignores():
@@ -197,7 +380,7 @@ def test_dashboard_is_a_grafana_model_on_the_datasource_variable():
     assert board["uid"] == "studio-worker"
     assert isinstance(board["schemaVersion"], int)
     names = [v["name"] for v in board["templating"]["list"]]
-    assert names == ["datasource", "instance"]
+    assert names == ["datasource", "instance", "lane"]
     ids = [p["id"] for p in panels(board)]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels(board):
@@ -210,6 +393,30 @@ def test_dashboard_is_a_grafana_model_on_the_datasource_variable():
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
             assert '$instance"' in target["expr"], f"{panel['title']}: not filtered by worker"
+
+
+def test_dashboard_filters_per_lane_series_by_the_lane_variable():
+    """The lane variable lists the lanes (any of them, or all) and every selector of a
+    per-lane family in a panel applies it."""
+    board = dashboard()
+    (lane,) = [v for v in board["templating"]["list"] if v["name"] == "lane"]
+    assert lane["query"]["query"] == "label_values(studio_worker_session_phase, lane)"
+    assert lane["multi"] and lane["includeAll"]
+    unfiltered = [
+        f"{panel['title']}: {metric}{{{body}}}"
+        for panel in panels(board)
+        for target in panel.get("targets", [])
+        for metric, body in SELECTOR.findall(target["expr"])
+        if "lane" in (series_labels(metric) or ()) and 'lane=~"$lane"' not in body
+    ]
+    assert unfiltered == []
+    per_lane = [
+        target["legendFormat"]
+        for panel in panels(board)
+        if panel["title"] in ("Session phase", "Heartbeat ack age")
+        for target in panel["targets"]
+    ]
+    assert per_lane and all("{{lane}}" in legend for legend in per_lane)
 
 
 def promtool() -> str:

@@ -23,7 +23,7 @@ from supervisor.cli.local_launch import command_config_path
 from supervisor.cli.output import fail as _fail
 from supervisor.cli.output import run as _run
 from supervisor.cli.studio_app import studio_app, submit
-from supervisor.config import default_config_path
+from supervisor.config_paths import default_config_path
 from supervisor.errors import WorkerError
 from supervisor.exit_codes import ExitCode
 
@@ -88,6 +88,16 @@ def _config_path(ctx: typer.Context, *, local: bool = False) -> Path:
     )
 
 
+LaneOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lane",
+        metavar="NAME",
+        help="One lane (`gpu1`, as `status` lists them) with `start --lanes per-gpu`; "
+        "default: every lane.",
+    ),
+]
+
 LocalOption = Annotated[
     bool,
     typer.Option(
@@ -109,10 +119,11 @@ def register(
         bool,
         typer.Option("--reset", help="Clear the worker id, token and pending request."),
     ] = False,
+    lane: LaneOption = None,
 ) -> None:
     """Prepare registration (no network); `supervisor start` submits the request."""
     path = _config_path(ctx)
-    _run(lambda: commands.register(path, api_base_url=api_base_url, reset=reset))
+    _run(lambda: commands.register(path, api_base_url=api_base_url, reset=reset, lane=lane))
 
 
 @app.command("config")
@@ -126,10 +137,11 @@ def show_config(ctx: typer.Context) -> None:
 def set_threshold(
     ctx: typer.Context,
     gb: Annotated[float, typer.Argument(metavar="GB", help="Largest job VRAM estimate to claim.")],
+    lane: LaneOption = None,
 ) -> None:
-    """Set vram_threshold_gb."""
+    """Set vram_threshold_gb (of every lane, or of one)."""
     path = _config_path(ctx)
-    _run(lambda: commands.set_threshold(path, gb))
+    _run(lambda: commands.set_threshold(path, gb, lane=lane))
 
 
 @app.command()
@@ -174,6 +186,16 @@ def start(
             help="Serve Prometheus metrics, /healthz and /readyz there (off by default).",
         ),
     ] = None,
+    lanes: Annotated[
+        str | None,
+        typer.Option(
+            "--lanes",
+            metavar="MODE",
+            help="`one` (default): one studio identity for every slot. `per-gpu`: one per GPU "
+            "in --engines (each registers and is approved on its own), so a studio that offers "
+            "a worker one job at a time keeps every GPU busy. Default: the config's `lanes`.",
+        ),
+    ] = None,
     faults: Annotated[str, typer.Option("--faults", hidden=True)] = "",
 ) -> None:
     """Run the worker: register if needed, start the engine hosts, serve the studio."""
@@ -191,6 +213,7 @@ def start(
             metrics=metrics,
             faults=faults,
             one_offer_per_worker=one_offer_per_worker,
+            lanes=lanes,
         )
     except WorkerError as exc:
         _fail(exc)
@@ -198,11 +221,11 @@ def start(
 
 
 @app.command()
-def status(ctx: typer.Context, local: LocalOption = False) -> None:
+def status(ctx: typer.Context, local: LocalOption = False, lane: LaneOption = None) -> None:
     """Registration, session and every engine slot of the running supervisor."""
     path = _config_path(ctx, local=local)
     try:
-        text, down = commands.status(path)
+        text, down = commands.status(path, lane=lane)
     except WorkerError as exc:
         _fail(exc)
     typer.echo(text)  # the config lines and `supervisor: not running` are worth having
@@ -211,17 +234,17 @@ def status(ctx: typer.Context, local: LocalOption = False) -> None:
 
 
 @app.command()
-def pause(ctx: typer.Context, local: LocalOption = False) -> None:
+def pause(ctx: typer.Context, local: LocalOption = False, lane: LaneOption = None) -> None:
     """Reject new offers (runtime only; running jobs finish)."""
     path = _config_path(ctx, local=local)
-    _run(lambda: commands.control(path, "pause"))
+    _run(lambda: commands.control(path, "pause", lane=lane))
 
 
 @app.command()
-def resume(ctx: typer.Context, local: LocalOption = False) -> None:
+def resume(ctx: typer.Context, local: LocalOption = False, lane: LaneOption = None) -> None:
     """Accept offers again after `pause`."""
     path = _config_path(ctx, local=local)
-    _run(lambda: commands.control(path, "resume"))
+    _run(lambda: commands.control(path, "resume", lane=lane))
 
 
 ScopeOption = Annotated[

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Final
 
 from supervisor import __version__
-from supervisor.config import load_config, render_config, save_config
-from supervisor.errors import ControlError, SupervisorNotRunning, UsageError
-from supervisor.owned_studio.ownership import REGISTRATION_FIELDS  # what --reset clears
+from supervisor.config import IDENTITY_FIELDS, WorkerConfig, load_config, render_config, save_config
+from supervisor.errors import ControlError, SupervisorNotRunning, UsageError, WorkerError
+from supervisor.lane_identity import with_identity
 from supervisor.studio.urls import normalize_base_url
 
 log = logging.getLogger("supervisor.commands")
@@ -29,22 +29,70 @@ def version_text() -> str:
     return f"studio-worker {__version__} ({BUILD_VARIANT})"
 
 
-def register(cfg_path: Path, *, api_base_url: str | None = None, reset: bool = False) -> str:
+def register(
+    cfg_path: Path,
+    *,
+    api_base_url: str | None = None,
+    reset: bool = False,
+    lane: str | None = None,
+) -> str:
     """Store ``api_base_url`` verbatim and/or clear local registration state; no network.
 
     The next ``supervisor start`` submits a registration request. Raises UrlError for a URL
     the worker could never use (the stored text stays exactly what was given otherwise).
+    ``reset`` clears every lane's identity, or with ``lane`` that lane's alone.
     """
     loaded = cfg = load_config(cfg_path)
+    if lane is not None and not reset:
+        raise UsageError("--lane goes with --reset: it names the lane whose registration to clear")
     if api_base_url is not None:
         normalize_base_url(api_base_url)
         cfg = cfg.replace(api_base_url=api_base_url)
-    if reset:
-        cfg = cfg.replace(**dict.fromkeys(REGISTRATION_FIELDS))
+    if reset and lane is None:
+        cleared = {name: t.without_identity() for name, t in cfg.lane.items()}
+        cfg = cfg.replace(lane={n: t for n, t in cleared.items() if t is not None})
+        cfg = cfg.replace(**dict.fromkeys(IDENTITY_FIELDS))
+    elif reset and lane is not None:
+        table = lane_table(cfg_path, cfg, lane)
+        forget = dict.fromkeys(IDENTITY_FIELDS)
+        cfg = cfg.replace(**forget) if table is None else with_identity(cfg, table, forget)
     save_config(cfg_path, cfg, previous=loaded)
     if reset:
-        return f"local registration state cleared; {START_HINT}"
+        which = f"lane {lane}'s" if lane else "local"
+        return f"{which} registration state cleared; {START_HINT}"
     return f"saved; {START_HINT} against {cfg.api_base_url}"
+
+
+def lane_names(cfg_path: Path, cfg: WorkerConfig) -> list[str]:
+    """The lanes, first (top-level identity) first: the running supervisor's, else the
+    ones the config's ``engines`` and ``lanes`` make."""
+    from supervisor.lanes.plan import ONE_LANE_NAME, plan_lanes
+    from supervisor.ops.control import ask, socket_path
+    from supervisor.pool.slot_spec import parse_engines
+
+    try:
+        report = ask(socket_path(cfg_path), "status", timeout_s=2.0).status
+        if report is not None and report.lanes:
+            return [lane.name for lane in report.lanes]
+    except ControlError:
+        pass
+    try:
+        specs = parse_engines(list(cfg.engines), with_synthetic=cfg.lanes == "one")
+        return [plan.name for plan in plan_lanes(specs, cfg.lanes)]
+    except WorkerError:
+        return [ONE_LANE_NAME]
+
+
+def lane_table(cfg_path: Path, cfg: WorkerConfig, lane: str) -> str | None:
+    """Where ``lane``'s identity is kept: None for the first lane (the top-level keys),
+    else its ``[lane.NAME]`` table. Raises UsageError for a lane this worker does not have."""
+    names = lane_names(cfg_path, cfg)
+    if lane == names[0]:
+        return None
+    if lane in names or lane in cfg.lane:
+        return lane
+    known = ", ".join([*names, *(n for n in sorted(cfg.lane) if n not in names)])
+    raise UsageError(f"no lane `{lane}` for {cfg_path}; the lanes are {known}")
 
 
 def show_config(cfg_path: Path) -> str:
@@ -58,22 +106,32 @@ def _display_float(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def set_threshold(cfg_path: Path, gb: float) -> str:
-    """Save ``vram_threshold_gb`` (the largest job estimate this worker claims)."""
+def set_threshold(cfg_path: Path, gb: float, *, lane: str | None = None) -> str:
+    """Save ``vram_threshold_gb`` (the largest job estimate this worker claims): for every
+    lane (the top-level key; lanes' own values go), or with ``lane`` in its table."""
     if not math.isfinite(gb) or gb < 0:
         raise UsageError("threshold must be >= 0")
     loaded = load_config(cfg_path)
-    # Only this key is written: the rest of the operator's file stays as it is.
-    save_config(cfg_path, loaded.replace(vram_threshold_gb=gb), previous=loaded)
-    log.info('vram threshold set op="set_threshold" vram_threshold_gb=%s', gb)
-    return f"vram_threshold_gb = {_display_float(gb)}"
+    if lane is None:
+        tables = {n: t.without_threshold() for n, t in loaded.lane.items()}
+        cfg = loaded.replace(
+            vram_threshold_gb=gb, lane={n: t for n, t in tables.items() if t is not None}
+        )
+    else:
+        lane_table(cfg_path, loaded, lane)  # refuses a lane this worker does not have
+        cfg = with_identity(loaded, lane, {"vram_threshold_gb": gb})
+    # Only these keys are written: the rest of the operator's file stays as it is.
+    save_config(cfg_path, cfg, previous=loaded)
+    log.info('vram threshold set op="set_threshold" vram_threshold_gb=%s lane=%s', gb, lane or "*")
+    prefix = f"[lane.{lane}] " if lane else ""
+    return f"{prefix}vram_threshold_gb = {_display_float(gb)}"
 
 
-def status(cfg_path: Path) -> tuple[str, SupervisorNotRunning | None]:
+def status(cfg_path: Path, *, lane: str | None = None) -> tuple[str, SupervisorNotRunning | None]:
     """The config lines of §8, then the live report of a running supervisor; with none
     running, the report says ``not running`` and the error comes back beside it (the CLI
     prints both: the registration lines are worth having either way)."""
-    from supervisor.cli.status_view import render_status
+    from supervisor.cli.status_view import only_lane, render_status
     from supervisor.ops.control import ask, socket_path
 
     cfg = load_config(cfg_path)
@@ -81,15 +139,18 @@ def status(cfg_path: Path) -> tuple[str, SupervisorNotRunning | None]:
         reply = ask(socket_path(cfg_path), "status")
     except SupervisorNotRunning as exc:
         return render_status(cfg_path, cfg, None), exc
-    return render_status(cfg_path, cfg, reply.status), None
+    report = reply.status
+    if lane is not None and report is not None:
+        report = only_lane(report, lane)
+    return render_status(cfg_path, cfg, report), None
 
 
-def control(cfg_path: Path, cmd: str) -> str:
-    """Send ``pause`` / ``resume`` to the running supervisor; raises ControlError
-    (SupervisorNotRunning when none runs for this config)."""
+def control(cfg_path: Path, cmd: str, *, lane: str | None = None) -> str:
+    """Send ``pause`` / ``resume`` to the running supervisor (every lane, or ``lane``);
+    raises ControlError (SupervisorNotRunning when none runs for this config)."""
     from supervisor.ops.control import ask, socket_path
 
-    reply = ask(socket_path(cfg_path), cmd)
+    reply = ask(socket_path(cfg_path), cmd, lane=lane)
     if not reply.ok:
         raise ControlError(f"the supervisor refused `{cmd}`: {reply.message}")
     return reply.message

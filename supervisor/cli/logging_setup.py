@@ -9,9 +9,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Final
 
+from supervisor.lanes.context import LaneTagFilter
 from supervisor.studio.log_queue import utc_timestamp
 
-TEXT_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(lane_tag)s%(message)s"
 
 
 class UtcFormatter(logging.Formatter):
@@ -30,6 +31,9 @@ class JsonFormatter(logging.Formatter):
         job_id = getattr(record, "job_id", None)
         if job_id:
             entry["job_id"] = job_id
+        lane = getattr(record, "lane", None)
+        if lane:
+            entry["lane"] = lane
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -38,6 +42,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(log_format: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else UtcFormatter(TEXT_FORMAT))
+    handler.addFilter(LaneTagFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Final, get_args
+from typing import Final, cast, get_args
 
 from engines.cpu_threads import THREADS_ENV, parse_threads_override
 from supervisor.cli.local_launch import command_config_path
 from supervisor.cli.logging_setup import configure_logging
-from supervisor.config import LogFormat, load_config
+from supervisor.config import LANE_MODES, LaneMode, LogFormat, load_config
 from supervisor.errors import UsageError
 from supervisor.owned_studio.launch import LocalStudioSpec
 from supervisor.runtime import StartOptions, check_start, run_supervisor
@@ -64,6 +64,7 @@ def run_start(
     metrics: str | None,
     faults: str,
     one_offer_per_worker: bool = False,
+    lanes: str | None = None,
 ) -> int:
     """Check everything that can be checked without starting anything, then run; every
     refusal is a WorkerError raised before the first log line (the CLI prints it as one
@@ -73,6 +74,8 @@ def run_start(
         raise UsageError(
             f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}"
         )
+    if lanes not in (None, *LANE_MODES):
+        raise UsageError(f"--lanes must be one of {', '.join(LANE_MODES)}, got {lanes!r}")
     if one_offer_per_worker and not local:
         raise UsageError("--one-offer-per-worker sets the --local studio's offer rule; add --local")
     if local and not 0 <= local_port <= MAX_PORT:
@@ -87,6 +90,7 @@ def run_start(
         metrics_listen=metrics if metrics is not None else cfg.metrics_listen,
         registration_poll_s=poll_s,
         local=LocalStudioSpec(local_port, one_offer_per_worker) if local else None,
+        lanes=cast(LaneMode | None, lanes),
     )
     # The Supervisor checks again once it holds the config's lock (it takes that before it
     # creates anything: a second `start` on this config is refused there).

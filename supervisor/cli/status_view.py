@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from supervisor.config import WorkerConfig
-from supervisor.ops.status_report import GpuView, SlotView, StatusReport
+from supervisor.errors import UsageError
+from supervisor.lane_identity import lane_view
+from supervisor.ops.status_report import GpuView, LaneView, SlotView, StatusReport
 
 LABEL_WIDTH = 20
 
@@ -24,10 +28,16 @@ def registration_text(cfg: WorkerConfig) -> str:
 
 
 def config_lines(cfg_path: Path, cfg: WorkerConfig) -> list[str]:
+    lanes = [
+        _line(f"registration {name}", registration_text(lane_view(cfg, name)))
+        for name, table in sorted(cfg.lane.items())
+        if table.install_id or table.registration_request_id or table.worker_id
+    ]
     return [
         _line("config path", cfg_path),
         _line("api_base_url", cfg.api_base_url),
         _line("registration", registration_text(cfg)),
+        *lanes,
         _line("vram_threshold_gb", cfg.vram_threshold_gb),
         _line("auto_start", str(cfg.auto_start).lower()),
         _line("models_root", cfg.models_root),
@@ -53,13 +63,16 @@ def live_lines(report: StatusReport) -> list[str]:
         _line("reconnects", report.reconnects),
         _line("jobs", outcomes),
     ]
+    if len(report.lanes) > 1:
+        lines.extend(_lane_lines(report.lanes))
     if report.job_failures:
         causes = ", ".join(f"{k}={v}" for k, v in sorted(report.job_failures.items()))
         lines.append(_line("failures by cause", causes))
     for job in report.jobs:
         progress = f" {job.step}/{job.total}" if job.total else ""
+        lane = f" lane={job.lane}" if len(report.lanes) > 1 else ""
         lines.append(
-            f"  job {job.job_id} {job.kind} model={job.model} slot={job.slot} "
+            f"  job {job.job_id} {job.kind} model={job.model} slot={job.slot}{lane} "
             f"{job.phase}{progress} {job.running_s:.1f}s"
         )
     header = "  " + "".join(
@@ -87,6 +100,22 @@ def live_lines(report: StatusReport) -> list[str]:
         )
         lines.extend(_slot_detail(s))
     lines.extend(_gpu_lines(report))
+    return lines
+
+
+def _lane_lines(lanes: list[LaneView]) -> list[str]:
+    lines = ["lanes:"]
+    for lane in lanes:
+        who = f" as {lane.worker_id}" if lane.worker_id else ""
+        ack = lane.seconds_since_heartbeat_ack
+        state = "paused" if lane.paused else "on"
+        lines.append(
+            f"  {lane.name:<8}{lane.session}{who}, claiming {state}, heartbeat ack "
+            f"{'never' if ack is None else f'{ack:.1f}s ago'}, reconnects {lane.reconnects}, "
+            f"slots {', '.join(lane.slots)}"
+        )
+        if lane.ended:
+            lines.append(f"  {'':<8}stopped: {lane.ended}")
     return lines
 
 
@@ -120,6 +149,29 @@ def _gpu_line(g: GpuView) -> str:
     return (
         f"  gpu {g.index}: {g.health} {g.name} {g.uuid} total {_gib(g.total_bytes)}, "
         f"used {_gib(g.used_bytes)}, free {_gib(g.free_bytes)}, evictions {g.evictions}"
+    )
+
+
+def only_lane(report: StatusReport, name: str) -> StatusReport:
+    """The report as one lane sees it (``status --lane NAME``): its session, jobs, slots.
+    Raises UsageError for a lane the supervisor does not run."""
+    chosen = [lane for lane in report.lanes if lane.name == name]
+    if not chosen:
+        known = ", ".join(lane.name for lane in report.lanes)
+        raise UsageError(f"no lane `{name}` in the running supervisor; the lanes are {known}")
+    lane = chosen[0]
+    return msgspec.structs.replace(
+        report,
+        worker_id=lane.worker_id,
+        session=lane.session,
+        paused=lane.paused,
+        seconds_since_heartbeat_ack=lane.seconds_since_heartbeat_ack,
+        reconnects=lane.reconnects,
+        job_outcomes=lane.job_outcomes,
+        job_failures=lane.job_failures,
+        jobs=[job for job in report.jobs if job.lane == name],
+        slots=[slot for slot in report.slots if slot.slot in lane.slots],
+        lanes=[lane],
     )
 
 

@@ -75,6 +75,15 @@ def studio_reject(
     _run(lambda: studio_commands.decide(studio, request_id, False, reason))
 
 
+@studio_app.command("revoke")
+def studio_revoke(
+    worker_id: Annotated[str, typer.Argument(metavar="WORKER_ID")],
+    studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL,
+) -> None:
+    """Take an approved worker's token away; its live session is closed (auth failed)."""
+    _run(lambda: studio_commands.revoke(studio, worker_id))
+
+
 @studio_app.command("jobs")
 def studio_jobs(studio: StudioUrl = studio_commands.DEFAULT_STUDIO_URL) -> None:
     """List the local studio's jobs."""

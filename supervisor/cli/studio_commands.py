@@ -221,6 +221,12 @@ def decide(studio_url: str, request_id: str, approve: bool, reason: str = "") ->
     return f"{view.request_id}: {view.status}" + (f" as {view.worker_id}" if view.worker_id else "")
 
 
+def revoke(studio_url: str, worker_id: str) -> str:
+    with talking_to(studio_url, "studio revoke") as client:
+        view = client.revoke_worker(worker_id)
+    return f"worker {view.worker_id} revoked: its token no longer works; its session is closed"
+
+
 def list_jobs(studio_url: str) -> str:
     with talking_to(studio_url, "studio jobs") as client:
         jobs = client.list_jobs()

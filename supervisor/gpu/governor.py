@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Final
 
 import anyio
@@ -139,35 +139,50 @@ class GpuGovernor:
 
     # --- what routing and the status surfaces read ------------------------------------------
 
-    def picture(self) -> MemoryPicture:
+    def picture(self, only: Collection[str] | None = None) -> MemoryPicture:
+        """The picture admission reads; ``only``: a lane's slots (every GPU's room stays in
+        it: the ledger is shared, so two lanes on one card never overcommit it)."""
         return MemoryPicture(
             governed=self.settings.governed,
-            slots=tuple(self.slot_rooms()),
+            slots=tuple(self.slot_rooms(only)),
             devices=self.device_rooms(),
             peaks=self.ledger.peaks(),
             headroom_bytes=self.settings.headroom_bytes,
             max_warm_models=self.settings.max_warm_models,
         )
 
-    def threshold_gb(self, configured_gb: float) -> float:
+    def threshold_gb(self, configured_gb: float, only: Collection[str] | None = None) -> float:
         """``min(config, the largest job admissible right now)``; the config alone when
         nothing is governed (no GPU slot, or governance off)."""
         if not self.settings.governed:
             return configured_gb
         largest = largest_admissible(
-            self.slot_rooms(), self.device_rooms(), self.settings.headroom_bytes
+            self.slot_rooms(only), self.device_rooms(), self.settings.headroom_bytes
         )
         if largest is None:
             return configured_gb
         return round(min(configured_gb, largest / 2**30), 2)
 
-    def total_gb(self) -> float:
-        """Every card's memory, summed (protocol.md §9.6: ``vramTotalGb``)."""
-        return round(sum(d.total_bytes for d in self.readings.values()) / 2**30, 2)
+    def total_gb(self, only: Collection[str] | None = None) -> float:
+        """Every card's memory, summed (protocol.md §9.6: ``vramTotalGb``); ``only``: the
+        cards of those slots (a lane advertises its own devices)."""
+        devices = (
+            None
+            if only is None
+            else {s.device_index for s in self.slots.values() if s.slot_id in only}
+        )
+        return round(
+            sum(d.total_bytes for i, d in self.readings.items() if devices is None or i in devices)
+            / 2**30,
+            2,
+        )
 
-    def advertised_gb(self, configured_threshold_gb: float) -> tuple[float, float]:
-        """(``vramTotalGb``, ``vramThresholdGb``) for the next heartbeat."""
-        return self.total_gb(), self.threshold_gb(configured_threshold_gb)
+    def advertised_gb(
+        self, configured_threshold_gb: float, only: Collection[str] | None = None
+    ) -> tuple[float, float]:
+        """(``vramTotalGb``, ``vramThresholdGb``) for the next heartbeat, of every slot or
+        of ``only`` (a lane's)."""
+        return self.total_gb(only), self.threshold_gb(configured_threshold_gb, only)
 
     def takes_work(self, device: int | None) -> bool:
         return device is None or device not in self.health or self.health[device].takes_work
@@ -188,9 +203,11 @@ class GpuGovernor:
             return None
         return reading.processes.get(slot.pid, 0)
 
-    def slot_rooms(self) -> list[SlotRoom]:
+    def slot_rooms(self, only: Collection[str] | None = None) -> list[SlotRoom]:
         rooms = []
         for slot in self.slots.values():
+            if only is not None and slot.slot_id not in only:
+                continue
             held = self.ledger.holdings(slot.slot_id)
             models = tuple(
                 ModelRoom(m.load_key, m.size_bytes, m.last_used)

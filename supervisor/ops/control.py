@@ -23,6 +23,7 @@ import anyio.abc
 import msgspec
 
 from supervisor.errors import ControlError, ControlListenError, SupervisorNotRunning
+from supervisor.lanes.lane import Lane
 from supervisor.ops.status_report import StatusReport, build_status
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.worker_state import WorkerState
@@ -33,8 +34,9 @@ SOCKET_NAME: Final = "supervisor.sock"
 REQUEST_MAX_BYTES: Final = 4096
 
 
-class ControlRequest(msgspec.Struct):
+class ControlRequest(msgspec.Struct, omit_defaults=True):
     cmd: Literal["status", "pause", "resume"]
+    lane: str | None = None  # one lane (``--lane NAME``); None: every lane
 
 
 class ControlReply(msgspec.Struct, omit_defaults=True):
@@ -70,16 +72,31 @@ def _ensure_private_dir(path: Path) -> None:
         )
 
 
-def set_paused(state: WorkerState, paused: bool) -> str:
+def set_paused(state: WorkerState, paused: bool, lane: str | None = None) -> str:
+    """Pause or resume one lane's claiming (``lane`` names it in the texts when there
+    are several)."""
+    of = f"lane {lane}: " if lane else ""
     if state.paused == paused:
-        return "already paused" if paused else "not paused"
+        return of + ("already paused" if paused else "not paused")
     state.paused = paused
     state.nudge()
+    extra = {"lane": lane} if lane else {}
     if paused:
-        log.info("claiming paused by operator; new offers are rejected until resumed")
-        return "paused: new offers are rejected until `supervisor resume`"
-    log.info("claiming resumed by operator; accepting new offers again")
-    return "resumed: accepting new offers again"
+        log.info("claiming paused by operator; new offers are rejected until resumed", extra=extra)
+        return of + "paused: new offers are rejected until `supervisor resume`"
+    log.info("claiming resumed by operator; accepting new offers again", extra=extra)
+    return of + "resumed: accepting new offers again"
+
+
+def set_lanes_paused(lanes: list[Lane], paused: bool, name: str | None) -> ControlReply:
+    """``pause`` / ``resume`` every lane, or the one named."""
+    chosen = [lane for lane in lanes if name is None or lane.name == name]
+    if not chosen:
+        known = ", ".join(lane.name for lane in lanes)
+        return ControlReply(ok=False, message=f"no lane `{name}` here; the lanes are {known}")
+    several = len(lanes) > 1
+    texts = [set_paused(lane.state, paused, lane.name if several else None) for lane in chosen]
+    return ControlReply(ok=True, message="\n".join(texts))
 
 
 _request_decoder: Final = msgspec.json.Decoder(ControlRequest)
@@ -87,10 +104,10 @@ _reply_decoder: Final = msgspec.json.Decoder(ControlReply)
 
 
 class ControlServer:
-    def __init__(self, path: Path, pool: EnginePool, state: WorkerState) -> None:
+    def __init__(self, path: Path, pool: EnginePool, lanes: list[Lane]) -> None:
         self.path = path
         self.pool = pool
-        self.state = state
+        self.lanes = lanes
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -136,11 +153,11 @@ class ControlServer:
             return ControlReply(ok=False, message=f"bad request: {exc}")
         match request.cmd:
             case "status":
-                return ControlReply(ok=True, status=build_status(self.pool, self.state))
+                return ControlReply(ok=True, status=build_status(self.pool, self.lanes))
             case "pause":
-                return ControlReply(ok=True, message=set_paused(self.state, True))
+                return set_lanes_paused(self.lanes, True, request.lane)
             case "resume":
-                return ControlReply(ok=True, message=set_paused(self.state, False))
+                return set_lanes_paused(self.lanes, False, request.lane)
 
 
 async def _read_line(stream: anyio.abc.SocketStream) -> bytes:
@@ -150,14 +167,15 @@ async def _read_line(stream: anyio.abc.SocketStream) -> bytes:
     return buf.split(b"\n", 1)[0]
 
 
-def ask(path: Path, cmd: str, timeout_s: float = 5.0) -> ControlReply:
+def ask(path: Path, cmd: str, timeout_s: float = 5.0, *, lane: str | None = None) -> ControlReply:
     """Blocking client for the CLI. Raises SupervisorNotRunning if nothing listens on
     ``path``, ControlError if what listens gives no usable answer."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
             sock.connect(str(path))
-            sock.sendall(msgspec.json.encode(ControlRequest(cmd)) + b"\n")  # type: ignore[arg-type]
+            request = ControlRequest(cmd, lane)  # type: ignore[arg-type]
+            sock.sendall(msgspec.json.encode(request) + b"\n")
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)

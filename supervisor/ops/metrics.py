@@ -24,12 +24,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from supervisor.gpu.health import GpuHealth
+from supervisor.lanes.lane import Lane
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.pool.slot_state import SlotState
 from supervisor.pool.verdict import FINAL, LossCause
 from supervisor.session_state import SessionPhase
 from supervisor.stats import DurationHistogram
-from supervisor.worker_state import WorkerState
 
 PREFIX: Final = "studio_worker"
 # Always exported (as 0 until they happen), so rate() and alerts work from the first scrape.
@@ -44,18 +44,30 @@ RESTART_CAUSES: Final = tuple(c.value for c in LossCause if c not in FINAL)
 SLOT_LABELS: Final = ("engine", "slot", "gpu")
 
 
-def readiness(pool: EnginePool, state: WorkerState) -> tuple[bool, str]:
-    """``/readyz``: welcomed by the studio and at least one slot serving, with the reason."""
+def _lane_readiness(lane: Lane) -> tuple[bool, str]:
+    state = lane.state
     if state.shutting_down:
         return False, "shutting down"
     if state.phase is not SessionPhase.WELCOMED:
         return False, f"not welcomed by the studio (session {state.phase.value})"
-    serving = [s for s in pool.slots if s.is_serving]
+    slots = lane.pool.slots
+    serving = [s for s in slots if s.is_serving]
     if not serving:
-        slots = ", ".join(f"{s.slot_id}={s.state.value}" for s in pool.slots)
-        return False, f"no engine slot is ready ({slots})"
+        states = ", ".join(f"{s.slot_id}={s.state.value}" for s in slots)
+        return False, f"no engine slot is ready ({states})"
     who = f" as {state.worker_id}" if state.worker_id else ""
-    return True, f"ready: welcomed{who}, {len(serving)} of {len(pool.slots)} slots serving"
+    return True, f"ready: welcomed{who}, {len(serving)} of {len(slots)} slots serving"
+
+
+def readiness(pool: EnginePool, lanes: list[Lane]) -> tuple[bool, str]:
+    """``/readyz``: welcomed by the studio and at least one slot serving, with the reason;
+    with several lanes, ready while any lane is, and the reason names each lane."""
+    del pool  # each lane reads its own share of it
+    answers = [(lane.name, *_lane_readiness(lane)) for lane in lanes]
+    if len(answers) == 1:
+        return answers[0][1], answers[0][2]
+    ready = any(ok for _, ok, _ in answers)
+    return ready, "; ".join(f"lane {name}: {reason}" for name, _, reason in answers)
 
 
 def _histogram_buckets(hist: DurationHistogram) -> list[tuple[str, float]]:
@@ -63,9 +75,9 @@ def _histogram_buckets(hist: DurationHistogram) -> list[tuple[str, float]]:
 
 
 class WorkerCollector(Collector):
-    def __init__(self, pool: EnginePool, state: WorkerState) -> None:
+    def __init__(self, pool: EnginePool, lanes: list[Lane]) -> None:
         self.pool = pool
-        self.state = state
+        self.lanes = lanes
 
     def describe(self) -> list[Metric]:
         # Families depend on the live state; describing them would mean collecting.
@@ -77,39 +89,44 @@ class WorkerCollector(Collector):
         yield from self._slots()
         yield from self._gpus()
 
-    # --- session --------------------------------------------------------------------------
+    # --- session (per lane: one studio identity each) ------------------------------------
 
     def _session(self) -> Iterator[Metric]:
-        state = self.state
         phase = GaugeMetricFamily(
             f"{PREFIX}_session_phase",
-            "Studio session phase (1 for the current one).",
-            labels=["phase"],
+            "Studio session phase (1 for the current one), per lane.",
+            labels=["lane", "phase"],
         )
-        for p in SessionPhase:
-            phase.add_metric([p.value], 1.0 if state.phase is p else 0.0)
-        yield phase
-        yield CounterMetricFamily(
+        reconnects = CounterMetricFamily(
             f"{PREFIX}_session_reconnects",
             "Studio sessions lost and retried since start.",
-            value=state.reconnects,
+            labels=["lane"],
         )
-        yield CounterMetricFamily(
+        welcomed = CounterMetricFamily(
             f"{PREFIX}_sessions_welcomed",
             "Studio sessions that reached welcome since start.",
-            value=state.sessions_welcomed,
+            labels=["lane"],
         )
-        age = state.seconds_since_heartbeat_ack()
-        if age is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_heartbeat_ack_age_seconds",
-                "Seconds since the studio last acknowledged a heartbeat.",
-                value=age,
-            )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_paused", "1 while claiming is paused by the operator.", value=state.paused
+        ack_age = GaugeMetricFamily(
+            f"{PREFIX}_heartbeat_ack_age_seconds",
+            "Seconds since the studio last acknowledged a heartbeat.",
+            labels=["lane"],
         )
-        ready, _ = readiness(self.pool, state)
+        paused = GaugeMetricFamily(
+            f"{PREFIX}_paused", "1 while claiming is paused by the operator.", labels=["lane"]
+        )
+        for lane in self.lanes:
+            state = lane.state
+            for p in SessionPhase:
+                phase.add_metric([lane.name, p.value], 1.0 if state.phase is p else 0.0)
+            reconnects.add_metric([lane.name], state.reconnects)
+            welcomed.add_metric([lane.name], state.sessions_welcomed)
+            age = state.seconds_since_heartbeat_ack()
+            if age is not None:
+                ack_age.add_metric([lane.name], age)
+            paused.add_metric([lane.name], float(state.paused))
+        yield from (phase, reconnects, welcomed, ack_age, paused)
+        ready, _ = readiness(self.pool, self.lanes)
         yield GaugeMetricFamily(
             f"{PREFIX}_ready", "1 when /readyz answers 200 (welcomed, a slot serving).", value=ready
         )
@@ -117,36 +134,36 @@ class WorkerCollector(Collector):
     # --- jobs -----------------------------------------------------------------------------
 
     def _jobs(self) -> Iterator[Metric]:
-        state = self.state
         outcomes = CounterMetricFamily(
             f"{PREFIX}_jobs",
             "Offers by outcome: done, failed_retryable, failed_final, rejected_busy, "
             "rejected_paused.",
-            labels=["outcome"],
+            labels=["lane", "outcome"],
         )
-        names = list(JOB_OUTCOMES) + sorted(set(state.job_outcomes) - set(JOB_OUTCOMES))
-        for name in names:
-            outcomes.add_metric([name], state.job_outcomes[name])
-        yield outcomes
-        yield GaugeMetricFamily(
-            f"{PREFIX}_jobs_running", "Jobs accepted and not yet finished.", value=len(state.jobs)
+        running = GaugeMetricFamily(
+            f"{PREFIX}_jobs_running", "Jobs accepted and not yet finished.", labels=["lane"]
         )
         durations = HistogramMetricFamily(
             f"{PREFIX}_job_duration_seconds",
             "Accepted jobs, accept to result delivered (or failure), by kind and engine.",
-            labels=["kind", "engine"],
+            labels=["lane", "kind", "engine"],
         )
-        for (kind, engine), hist in sorted(state.job_seconds.items()):
-            durations.add_metric([kind, engine], _histogram_buckets(hist), hist.sum)
-        yield durations
         failures = CounterMetricFamily(
             f"{PREFIX}_job_failures",
             "Jobs failed, by cause (vram_oom, ram_oom, signal, exit, hang, deadline, poison, ...).",
-            labels=["reason"],
+            labels=["lane", "reason"],
         )
-        for reason, count in sorted(state.job_failures.items()):
-            failures.add_metric([reason], count)
-        yield failures
+        for lane in self.lanes:
+            state = lane.state
+            names = list(JOB_OUTCOMES) + sorted(set(state.job_outcomes) - set(JOB_OUTCOMES))
+            for name in names:
+                outcomes.add_metric([lane.name, name], state.job_outcomes[name])
+            running.add_metric([lane.name], len(state.jobs))
+            for (kind, engine), hist in sorted(state.job_seconds.items()):
+                durations.add_metric([lane.name, kind, engine], _histogram_buckets(hist), hist.sum)
+            for reason, count in sorted(state.job_failures.items()):
+                failures.add_metric([lane.name, reason], count)
+        yield from (outcomes, running, durations, failures)
 
     # --- slots ----------------------------------------------------------------------------
 

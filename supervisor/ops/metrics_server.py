@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from supervisor.errors import MetricsListenError
+from supervisor.lanes.lane import Lane
 from supervisor.ops.metrics import WorkerCollector, readiness
 from supervisor.pool.engine_pool import EnginePool
-from supervisor.worker_state import WorkerState
 
 log = logging.getLogger("supervisor.metrics")
 
@@ -71,13 +71,13 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class MetricsServer:
-    def __init__(self, listen: str, pool: EnginePool, state: WorkerState) -> None:
+    def __init__(self, listen: str, pool: EnginePool, lanes: list[Lane]) -> None:
         self.listen = listen
         self.host, self.port = parse_listen(listen)
         self.pool = pool
-        self.state = state
+        self.lanes = lanes
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(WorkerCollector(pool, state))
+        self.registry.register(WorkerCollector(pool, lanes))
         ProcessCollector(registry=self.registry)  # the supervisor's own RSS, CPU, fds
         self.address: tuple[str, int] | None = None  # once bound (port 0 picks one)
 
@@ -117,7 +117,7 @@ class MetricsServer:
             case "/healthz":
                 return _text(HTTPStatus.OK, "ok")
             case "/readyz":
-                ready, reason = readiness(self.pool, self.state)
+                ready, reason = readiness(self.pool, self.lanes)
                 return _text(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, reason)
             case _:
                 return _text(HTTPStatus.NOT_FOUND, "not found: try /metrics, /healthz or /readyz")

@@ -12,6 +12,7 @@ import time
 
 import msgspec
 
+from supervisor.lanes.lane import Lane
 from supervisor.pool.engine_pool import EnginePool
 from supervisor.worker_state import WorkerState
 
@@ -61,6 +62,22 @@ class JobView(msgspec.Struct):
     phase: str
     step: int
     total: int
+    lane: str = ""
+
+
+class LaneView(msgspec.Struct):
+    """One studio identity: its session and the slots it serves."""
+
+    name: str
+    worker_id: str | None
+    session: str
+    paused: bool
+    seconds_since_heartbeat_ack: float | None
+    reconnects: int
+    slots: list[str]
+    ended: str | None = None  # why it stopped, when it stopped on its own
+    job_outcomes: dict[str, int] = msgspec.field(default_factory=dict)
+    job_failures: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class StatusReport(msgspec.Struct):
@@ -77,6 +94,7 @@ class StatusReport(msgspec.Struct):
     gpus: list[GpuView] = msgspec.field(default_factory=list)
     gpu_source: str | None = None  # "nvml", "simulated", or None without NVIDIA GPUs
     job_failures: dict[str, int] = msgspec.field(default_factory=dict)
+    lanes: list[LaneView] = msgspec.field(default_factory=list)
 
 
 def _slot_views(pool: EnginePool, now: float) -> list[SlotView]:
@@ -129,9 +147,8 @@ def _gpu_views(pool: EnginePool) -> list[GpuView]:
     ]
 
 
-def build_status(pool: EnginePool, state: WorkerState) -> StatusReport:
-    now = time.monotonic()
-    jobs = [
+def _job_views(lane: Lane, now: float) -> list[JobView]:
+    return [
         JobView(
             j.job_id,
             j.kind,
@@ -141,23 +158,60 @@ def build_status(pool: EnginePool, state: WorkerState) -> StatusReport:
             j.phase,
             j.step,
             j.total,
+            lane.name,
         )
-        for j in state.jobs.values()
+        for j in lane.state.jobs.values()
     ]
+
+
+def _ack_age(state: WorkerState) -> float | None:
     ack = state.seconds_since_heartbeat_ack()
-    source = pool.gpu.source
-    return StatusReport(
-        pid=os.getpid(),
+    return round(ack, 1) if ack is not None else None
+
+
+def _lane_view(lane: Lane) -> LaneView:
+    state = lane.state
+    return LaneView(
+        name=lane.name,
         worker_id=state.worker_id,
         session=state.phase.value,
         paused=state.paused,
-        shutting_down=state.shutting_down,
-        seconds_since_heartbeat_ack=round(ack, 1) if ack is not None else None,
+        seconds_since_heartbeat_ack=_ack_age(state),
         reconnects=state.reconnects,
+        slots=[s.slot_id for s in lane.pool.slots],
+        ended=lane.ended,
         job_outcomes=dict(state.job_outcomes),
-        jobs=jobs,
+        job_failures=dict(state.job_failures),
+    )
+
+
+def _summed(counters: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counter in counters:
+        for key, value in counter.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def build_status(pool: EnginePool, lanes: list[Lane]) -> StatusReport:
+    """The report; the top-level session fields are the first lane's (the only one unless
+    lanes are per GPU), jobs and counts are every lane's."""
+    now = time.monotonic()
+    first = lanes[0].state
+    source = pool.gpu.source
+    return StatusReport(
+        pid=os.getpid(),
+        worker_id=first.worker_id,
+        session=first.phase.value,
+        paused=all(lane.state.paused for lane in lanes),
+        shutting_down=any(lane.state.shutting_down for lane in lanes),
+        seconds_since_heartbeat_ack=_ack_age(first),
+        reconnects=sum(lane.state.reconnects for lane in lanes),
+        job_outcomes=_summed([dict(lane.state.job_outcomes) for lane in lanes]),
+        jobs=[job for lane in lanes for job in _job_views(lane, now)],
         slots=_slot_views(pool, now),
         gpus=_gpu_views(pool),
         gpu_source=source.kind if source is not None else None,
-        job_failures=dict(state.job_failures),
+        job_failures=_summed([dict(lane.state.job_failures) for lane in lanes]),
+        lanes=[_lane_view(lane) for lane in lanes],
     )

@@ -13,19 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Final
 from urllib.parse import urlsplit
 
-from supervisor.config import WorkerConfig, default_config_path
+from supervisor.config import IDENTITY_FIELDS, WorkerConfig
+from supervisor.config_paths import default_config_path
 from supervisor.errors import LocalConfigConflict
-
-REGISTRATION_FIELDS: Final = (
-    "worker_id",
-    "auth_token",
-    "registration_request_id",
-    "registration_secret",
-    "install_id",
-)
 
 
 def local_config_path() -> Path:
@@ -56,7 +48,8 @@ def is_loopback_url(url: str) -> bool:
 
 
 def holds_registration(cfg: WorkerConfig) -> bool:
-    return any(getattr(cfg, name) for name in REGISTRATION_FIELDS)
+    """Registration state at the top level or in any lane's ``[lane.NAME]`` table."""
+    return any(getattr(cfg, name) for name in IDENTITY_FIELDS) or bool(cfg.lane)
 
 
 def check_owned_config(cfg: WorkerConfig, config_path: Path) -> None:
@@ -68,8 +61,9 @@ def check_owned_config(cfg: WorkerConfig, config_path: Path) -> None:
 
 def pointed_at(cfg: WorkerConfig, studio_url: str) -> WorkerConfig | None:
     """``cfg`` with ``api_base_url`` set to the owned studio, or None when it already is.
-    Another address means another studio, where the old credentials are void: cleared."""
+    Another address means another studio, where the old credentials (every lane's) are
+    void: cleared."""
     base = studio_url.rstrip("/") + "/"
     if cfg.api_base_url == base:
         return None
-    return cfg.replace(api_base_url=base, **dict.fromkeys(REGISTRATION_FIELDS))
+    return cfg.replace(api_base_url=base, lane={}, **dict.fromkeys(IDENTITY_FIELDS))

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,8 +134,9 @@ class EnginePool:
 
     # --- questions for routing ------------------------------------------------------------
 
-    def views(self) -> list[SlotView]:
-        """Every slot as routing sees it, now (a slot on a suspect GPU is not free)."""
+    def views(self, only: Collection[str] | None = None) -> list[SlotView]:
+        """Every slot (or those of ``only``, a lane's) as routing sees it, now (a slot on a
+        suspect GPU is not free)."""
         return [
             SlotView(
                 s.slot_id,
@@ -143,12 +144,15 @@ class EnginePool:
                 self._takes_jobs(s),
                 not self.gpu.takes_work(s.device_index),
             )
-            for s in self.slots
+            for s in self._among(only)
         ]
 
-    def memory(self) -> MemoryPicture:
+    def _among(self, only: Collection[str] | None) -> list[Slot]:
+        return self.slots if only is None else [s for s in self.slots if s.slot_id in only]
+
+    def memory(self, only: Collection[str] | None = None) -> MemoryPicture:
         """The GPU memory picture for admission, read in the same step as ``views``."""
-        return self.gpu.picture()
+        return self.gpu.picture(only)
 
     def free_slots(self, engine: str) -> int:
         return sum(1 for s in self.slots if s.engine == engine and self._takes_jobs(s))
@@ -159,15 +163,16 @@ class EnginePool:
     def _serving(self, slot: Slot) -> bool:
         return slot.is_serving and self.gpu.takes_work(slot.device_index)
 
-    def capacity(self) -> int:
-        """How many jobs this worker can run at once right now (slots serving)."""
-        return sum(1 for s in self.slots if self._serving(s))
+    def capacity(self, only: Collection[str] | None = None) -> int:
+        """How many jobs this worker (or a lane: ``only``) can run at once now (slots
+        serving)."""
+        return sum(1 for s in self._among(only) if self._serving(s))
 
-    def models_per_kind(self) -> dict[str, list[str]]:
+    def models_per_kind(self, only: Collection[str] | None = None) -> dict[str, list[str]]:
         """Union of what serving slots advertise, kinds in canonical order, first seen wins."""
         merged: dict[str, list[str]] = {}
         for kind in TASK_KINDS:
-            for slot in self.slots:
+            for slot in self._among(only):
                 if self._serving(slot) and slot.ready_info is not None:
                     for model in slot.ready_info.models_per_kind.get(kind, []):
                         bucket = merged.setdefault(kind, [])

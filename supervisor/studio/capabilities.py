@@ -18,16 +18,18 @@ def build_capabilities(
     paused: bool,
     max_concurrent_jobs: int,
     vram_gb: tuple[float, float],
+    machine_suffix: str = "",
 ) -> Capabilities:
     """``vram_gb`` is (total, threshold) as the pool's GPU governor sees them now: every
     card's memory, and the config's threshold lowered while a job that large could not fit
-    (``GpuGovernor.advertised_gb``)."""
+    (``GpuGovernor.advertised_gb``). ``machine_suffix`` names a lane (``/gpu1``): the
+    studio's operator tells lanes apart by ``machineName``."""
     total_gb, threshold_gb = vram_gb
     kinds: list[TaskKindName] = [k for k in TASK_KINDS if models_per_kind.get(k)]
     per_kind: dict[str, list[str]] = {k: list(models_per_kind[k]) for k in kinds}
     every = sorted({m for models in per_kind.values() for m in models})
     return Capabilities(
-        machine_name=machine_name(),
+        machine_name=machine_name() + machine_suffix,
         username=user_name(),
         agent_version=__version__,
         engine=ENGINE_NAME,

@@ -25,8 +25,8 @@ from protocol.studio import Accept, CompleteJson, Fail, JobOfferClaim, Reject
 from protocol.tasks import prompt_for, task_kind
 from supervisor.errors import FrameTooLarge, SessionTransportError, StudioError
 from supervisor.live_config import LiveConfig
-from supervisor.pool.engine_pool import EnginePool
 from supervisor.pool.job_outcome import JobFailedOutcome, JobSucceeded
+from supervisor.pool.lane_pool import LanePool
 from supervisor.pool.slot import Slot
 from supervisor.studio.http import StudioHttp
 from supervisor.studio.offer_routing import (
@@ -50,7 +50,7 @@ GIB: Final = 2**30  # the studio's GB are GiB
 class JobRunner:
     def __init__(
         self,
-        pool: EnginePool,
+        pool: LanePool,
         state: WorkerState,
         http: StudioHttp,
         config: LiveConfig,
@@ -88,6 +88,7 @@ class JobRunner:
             slots=self.pool.views(),
             is_poison=self.pool.poison.is_poison,
             memory=self.pool.memory(),
+            elsewhere=self.pool.engines_elsewhere(),
         )
         match decision:
             case RejectOffer():

@@ -85,13 +85,18 @@ class ShipHandler(logging.Handler):
         super().__init__(level)
         self.queue = queue
 
+    def queue_for(self, record: logging.LogRecord) -> LogShipQueue:
+        """The queue a record goes to (one; a supervisor with lanes picks the lane's)."""
+        del record
+        return self.queue
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
         except Exception:  # a bad format string must not kill the caller
             message = str(record.msg)
         job_id = getattr(record, "job_id", None)
-        self.queue.push(
+        self.queue_for(record).push(
             LogEntry(
                 ts=utc_timestamp(datetime.fromtimestamp(record.created, UTC)),
                 level=_LEVELS.get(record.levelno, "info"),

@@ -42,6 +42,7 @@ class RejectCause(enum.StrEnum):
     GPU_SUSPECT = "gpu_suspect"  # the free slots' GPUs wait for a health probe
     NO_ROOM = "no_room"  # the job's GPU memory does not fit now (busy slots, other processes)
     TOO_LARGE = "too_large"  # no GPU here could ever hold it: the studio offers it elsewhere
+    OTHER_LANE = "other_lane"  # another lane of this supervisor serves the engine
 
 
 class RefuseCause(enum.StrEnum):
@@ -105,13 +106,23 @@ def route_offer(
     slots: Sequence[SlotView],
     is_poison: Callable[[str], bool],
     memory: MemoryPicture = UNGOVERNED,
+    elsewhere: frozenset[str] = frozenset(),
 ) -> OfferDecision:
+    """``slots`` and ``memory`` are the lane's; ``elsewhere`` the engines only other lanes
+    of this supervisor serve (an offer for one is rejected without a code: the studio
+    offers it to a worker that has the engine, that lane among them)."""
     if worker.shutting_down:
         return RejectOffer(REASON_SHUTTING_DOWN, "paused", RejectCause.SHUTTING_DOWN)
     if worker.paused:
         return RejectOffer(REASON_PAUSED, "paused", RejectCause.PAUSED)
     engine = engine_for_source(claim.model_source.engine)
     mine = [s for s in slots if s.engine == engine]
+    if not mine and engine in elsewhere:
+        return RejectOffer(
+            f"this lane has no {engine} slot; another lane of this machine serves {engine}",
+            None,
+            RejectCause.OTHER_LANE,
+        )
     if not mine:
         return RefuseOffer(missing_engine_error(engine, claim.model), RefuseCause.MISSING_ENGINE)
     kind = task_kind(claim.task)

@@ -2,7 +2,8 @@
 
 ``Registrar.tick`` does at most one HTTP round trip, applies one event to the phase table
 (``registration_state``) and reports the new state with its data; every outcome that
-changes what must survive a restart is saved through ``save_config``.
+changes what must survive a restart is saved through ``save_lane_config`` (a lane's
+identity in its own table, the first lane's at the top level).
 ``ensure_registered`` drives ticks until the operator approves (returns the config with
 credentials), rejects (RegistrationRejectedError) or a stop is requested
 (RegistrationAbortedError). The registration secret and the issued token are never logged.
@@ -34,13 +35,14 @@ from protocol.studio import (
     RegistrationStatus,
 )
 from supervisor import USER_AGENT
-from supervisor.config import WorkerConfig, save_config
+from supervisor.config import WorkerConfig
 from supervisor.errors import (
     ConfigError,
     RegistrationAbortedError,
     RegistrationRejectedError,
     StudioError,
 )
+from supervisor.lane_identity import save_lane_config
 from supervisor.live_config import LiveConfig
 from supervisor.studio.http import StudioHttp
 from supervisor.studio.registration_state import (
@@ -123,8 +125,10 @@ class Registrar:
         capabilities_fn: CapabilitiesFn,
         *,
         clock: Clock = _utc_now,
+        table: str | None = None,
     ) -> None:
         self.cfg_path = cfg_path
+        self.table = table  # a lane's ``[lane.NAME]``; None: the top-level identity
         self.config = cfg
         # What the file held when last read or written: a save rewrites only the keys that
         # registration changed since, so an operator's edit meanwhile is not reverted.
@@ -246,7 +250,7 @@ class Registrar:
         return self._pending
 
     def _save(self) -> None:
-        save_config(self.cfg_path, self.config, previous=self._saved)
+        save_lane_config(self.cfg_path, self.table, self.config, self._saved)
         self._saved = self.config
 
     def _try_save(self, level: int, op: str, message: str) -> None:
@@ -288,22 +292,24 @@ async def ensure_registered(
     poll_interval_s: float = POLL_INTERVAL_S,
     *,
     http: StudioHttp | None = None,
+    table: str | None = None,
 ) -> WorkerConfig:
     """Tick now, then every ``poll_interval_s``, until approved; returns the config with
     ``worker_id`` and ``auth_token`` set (and saved, unless the save failed: logged at ERROR).
 
     Raises RegistrationRejectedError, RegistrationAbortedError (``stop`` set), UrlError for an
-    unusable ``api_base_url`` and ConfigError when install state cannot be saved.
+    unusable ``api_base_url`` and ConfigError when install state cannot be saved. ``cfg``
+    is a lane's view and ``table`` where its identity is saved (None: the top level).
     """
     if cfg.has_credentials:
         return cfg
     normalize_base_url(cfg.api_base_url)  # fail fast instead of retrying a bad URL forever
     if http is None:
         async with StudioHttp() as own_http:
-            return await _drive(
-                Registrar(cfg_path, cfg, own_http, capabilities_fn), stop, poll_interval_s
-            )
-    return await _drive(Registrar(cfg_path, cfg, http, capabilities_fn), stop, poll_interval_s)
+            registrar = Registrar(cfg_path, cfg, own_http, capabilities_fn, table=table)
+            return await _drive(registrar, stop, poll_interval_s)
+    registrar = Registrar(cfg_path, cfg, http, capabilities_fn, table=table)
+    return await _drive(registrar, stop, poll_interval_s)
 
 
 async def _drive(registrar: Registrar, stop: anyio.Event, poll_interval_s: float) -> WorkerConfig:
@@ -344,7 +350,7 @@ async def register_again(
         worker_id=None, auth_token=None, registration_request_id=None, registration_secret=None
     )
     cfg = await ensure_registered(
-        live.path, forgotten, capabilities_fn, stop, poll_interval_s, http=http
+        live.path, forgotten, capabilities_fn, stop, poll_interval_s, http=http, table=live.table
     )
     # Saved by the registrar already; this makes `live` serve them without a re-read.
     return live.update(worker_id=cfg.worker_id, auth_token=cfg.auth_token)

@@ -36,7 +36,7 @@ from protocol.studio import (
 )
 from supervisor.errors import AuthFailed, SessionError, SessionFatal, SessionTransportError
 from supervisor.live_config import LiveConfig
-from supervisor.pool.engine_pool import EnginePool
+from supervisor.pool.lane_pool import LanePool
 from supervisor.session_state import SessionEvent
 from supervisor.studio.capabilities import build_capabilities, summary_line
 from supervisor.studio.http import StudioHttp
@@ -66,12 +66,13 @@ class SessionTimings:
 @dataclass
 class SessionDeps:
     config: LiveConfig
-    pool: EnginePool
+    pool: LanePool
     state: WorkerState
     logs: LogShipQueue
     http: StudioHttp
     stop: anyio.Event  # graceful stop requested (first signal)
     timings: SessionTimings
+    machine_suffix: str = ""  # a lane's ``/gpuN`` in capabilities.machineName
 
 
 def _session_errors(group: BaseExceptionGroup[BaseException]) -> list[SessionError]:
@@ -108,7 +109,8 @@ class StudioSession:
             d.pool.models_per_kind(),
             paused=d.state.paused or d.state.shutting_down,
             max_concurrent_jobs=d.pool.capacity(),
-            vram_gb=d.pool.gpu.advertised_gb(cfg.vram_threshold_gb),
+            vram_gb=d.pool.advertised_gb(cfg.vram_threshold_gb),
+            machine_suffix=d.machine_suffix,
         )
 
     async def run(self) -> None:

@@ -137,7 +137,7 @@ def used_gib(run: RunningSupervisor) -> float:
 
 
 def no_oom(run: RunningSupervisor) -> None:
-    failures = run.sup.state.job_failures
+    failures = run.sup.lanes[0].state.job_failures
     assert failures["vram_oom"] == 0 and failures["vram_unavailable"] == 0, failures
 
 
@@ -214,7 +214,7 @@ async def test_out_of_memory_is_retried_once_then_fails_retryable(sim_gpu, tmp_p
         assert (await conn.expect(studio.Accept, TIMEOUT_S)).job_id == "oom"
         fail = await conn.expect(studio.Fail, TIMEOUT_S)
         assert fail.retryable and "vram_oom" in fail.error
-        assert run.sup.state.job_failures["vram_oom"] == 1
+        assert run.sup.lanes[0].state.job_failures["vram_oom"] == 1
         assert not run.sup.pool.poison.is_poison("oom")
         assert all(s.restarts == 0 for s in slots(run)), "an OOM is no crash"
         # Tried twice on the same slot: the engine saw two jobs.
@@ -313,7 +313,7 @@ async def test_status_and_metrics_show_gpus_and_loaded_models(sim_gpu, tmp_path)
         assert f"gpu 0: healthy Sim 24G {gpu.uuid} total 24.0GiB" in text
         assert "loaded: synthetic:model-x (14.0GiB)" in text
         registry = CollectorRegistry()
-        registry.register(WorkerCollector(run.sup.pool, run.sup.state))
+        registry.register(WorkerCollector(run.sup.pool, run.sup.lanes))
         metrics = generate_latest(registry).decode()
         assert 'studio_worker_gpu_memory_total_bytes{gpu="0"} 2.5769803776e+10' in metrics
         assert 'studio_worker_gpu_health{gpu="0",state="healthy"} 1.0' in metrics

@@ -146,7 +146,7 @@ async def test_chat_completion_with_real_token_counts_and_no_reload(
         assert again.result["usage"] == result["usage"]
         assert content(again) == content(done)
         assert slot.pid == pid and slot.restarts == 0
-        assert run.sup.state.job_outcomes["done"] == 2
+        assert run.sup.lanes[0].state.job_outcomes["done"] == 2
         await end_session(run, conn)
 
 
@@ -217,7 +217,7 @@ async def test_a_corrupt_gguf_fails_the_job_and_the_worker_carries_on(
         assert done.result["usage"]["completion_tokens"] >= 1
         assert slot.pid == pid and slot.restarts == 0
         assert model_loads(slot) == 1
-        assert run.sup.state.sessions_welcomed == 1
+        assert run.sup.lanes[0].state.sessions_welcomed == 1
         assert len(peer.connections) == 1
         # Heartbeats still flow on the one connection.
         with anyio.fail_after(5):

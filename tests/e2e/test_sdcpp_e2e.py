@@ -271,7 +271,7 @@ async def test_a_native_crash_mid_job_fails_retryable_then_poison_and_the_sessio
         assert slot.pid != first_pid
         assert slot.restarts == 1 and slot.restart_causes["signal"] == 1
         await conn.expect(studio.Heartbeat)
-        assert len(peer.connections) == 1 and run.sup.state.sessions_welcomed == 1
+        assert len(peer.connections) == 1 and run.sup.lanes[0].state.sessions_welcomed == 1
 
         # The fresh host passed its probe (ready again): that loss was the job's, a strike.
         # The studio retries the same job: it takes the host down again (still retryable at
@@ -297,6 +297,6 @@ async def test_a_native_crash_mid_job_fails_retryable_then_poison_and_the_sessio
         assert model_loads(slot) == 1
         await conn.expect(studio.Heartbeat)
         assert len(peer.connections) == 1
-        assert run.sup.state.job_outcomes["failed_retryable"] == 2
-        assert run.sup.state.job_outcomes["failed_final"] == 1
+        assert run.sup.lanes[0].state.job_outcomes["failed_retryable"] == 2
+        assert run.sup.lanes[0].state.job_outcomes["failed_final"] == 1
         await end_session(run, conn)

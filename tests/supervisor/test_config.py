@@ -12,11 +12,11 @@ import pytest
 from supervisor.config import (
     DEFAULT_API_BASE_URL,
     WorkerConfig,
-    default_config_path,
     load_config,
     render_config,
     save_config,
 )
+from supervisor.config_paths import default_config_path
 from supervisor.errors import ConfigError
 
 SECRETS = {

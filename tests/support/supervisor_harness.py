@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from supervisor.config import WorkerConfig, save_config
+from supervisor.config import LaneMode, WorkerConfig, save_config
 from supervisor.pool.slot import Slot
 from supervisor.runtime import StartOptions, Supervisor
 from supervisor.studio.session import SessionTimings
@@ -66,6 +66,7 @@ async def running_supervisor(
     engines: str = "synthetic",
     faults: str = "",
     timings: SessionTimings = FAST,
+    lanes: LaneMode | None = None,
     **config: Any,
 ) -> AsyncIterator[RunningSupervisor]:
     path = tmp_path / "config.toml"
@@ -78,6 +79,7 @@ async def running_supervisor(
             timings=timings,
             registration_poll_s=0.2,
             heartbeat_s=0.2,
+            lanes=lanes,
         )
     )
     running = RunningSupervisor(sup, path)

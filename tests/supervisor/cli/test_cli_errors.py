@@ -5,6 +5,7 @@ commands with no studio, `submit --timeout`, the service commands and bad flags.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -196,12 +197,13 @@ def test_local_studio_commands_refuse_a_bad_studio_url(tmp_path):
     assert 'invalid --studio "ftp://example.com"' in assert_one_error(done, ExitCode.USAGE)
 
 
-@pytest.fixture
-def local_studio(tmp_path: Path) -> Iterator[str]:
-    """A real local studio (`supervisor studio serve`) on a free port, with no worker."""
+@contextlib.contextmanager
+def served_studio(tmp_path: Path, *extra: str) -> Iterator[str]:
+    """A real local studio (`supervisor studio serve EXTRA`) on a free port; yields its URL."""
     log = (tmp_path / "studio.log").open("wb")
+    data_dir = str(tmp_path / "studio")
     proc = subprocess.Popen(
-        [*CLI, "studio", "serve", "--port", "0", "--data-dir", str(tmp_path / "studio")],
+        [*CLI, "studio", "serve", "--port", "0", "--data-dir", data_dir, *extra],
         env=sandbox_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=log,
@@ -218,6 +220,13 @@ def local_studio(tmp_path: Path) -> Iterator[str]:
         log.close()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture
+def local_studio(tmp_path: Path) -> Iterator[str]:
+    """A real local studio on a free port, with no worker."""
+    with served_studio(tmp_path) as url:
+        yield url
 
 
 def test_studio_serve_on_a_taken_port(tmp_path):

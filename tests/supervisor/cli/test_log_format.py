@@ -94,7 +94,8 @@ async def test_json_logs_end_to_end_with_metrics(tmp_path: Path):
                     s.value
                     for f in text_string_to_metric_families(text)
                     for s in f.samples
-                    if s.name == "studio_worker_jobs_total" and s.labels == {"outcome": "done"}
+                    if s.name == "studio_worker_jobs_total"
+                    and s.labels == {"lane": "main", "outcome": "done"}
                 ]
                 assert done == [1.0]
                 proc.send_signal(signal.SIGTERM)

@@ -35,7 +35,7 @@ async def test_a_socket_that_cannot_be_opened_is_a_usage_error(tmp_path: Path) -
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    server = ControlServer(blocker / SOCKET_NAME, pool=None, state=None)  # type: ignore[arg-type]
+    server = ControlServer(blocker / SOCKET_NAME, pool=None, lanes=None)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:  # as runtime.py starts it
         with pytest.raises(ControlListenError) as caught:
             await tg.start(server.serve)

@@ -30,6 +30,7 @@ from tests.support.supervisor_harness import (
 )
 
 SLOT = {"engine": "synthetic", "slot": "synthetic-default-0", "gpu": ""}
+MAIN = {"lane": "main"}  # the one lane of a supervisor without --lanes per-gpu
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -83,15 +84,20 @@ async def test_health_readiness_and_metrics_follow_the_worker(tmp_path):
             assert ready.status_code == 503
             assert ready.text == "not welcomed by the studio (session awaiting_welcome)\n"
             before = await scrape(client)
-            assert value(before, "studio_worker_session_phase", phase="awaiting_welcome") == 1
-            assert value(before, "studio_worker_session_phase", phase="welcomed") == 0
+            assert (
+                value(before, "studio_worker_session_phase", **MAIN, phase="awaiting_welcome") == 1
+            )
+            assert value(before, "studio_worker_session_phase", **MAIN, phase="welcomed") == 0
             assert value(before, "studio_worker_slot_state", **SLOT, state="ready") == 1
             assert value(before, "studio_worker_slot_state", **SLOT, state="busy") == 0
-            assert value(before, "studio_worker_jobs_total", outcome="done") == 0
+            assert value(before, "studio_worker_jobs_total", **MAIN, outcome="done") == 0
             assert value(before, "studio_worker_engine_restarts_total", **SLOT, cause="exit") == 0
             assert value(before, "studio_worker_host_rss_bytes", **SLOT) > 0
             assert value(before, "studio_worker_ready") == 0
-            assert ("studio_worker_heartbeat_ack_age_seconds", frozenset()) not in before
+            assert (
+                "studio_worker_heartbeat_ack_age_seconds",
+                frozenset(MAIN.items()),
+            ) not in before
             assert value(before, "process_resident_memory_bytes") > 0  # the supervisor itself
 
             await conn.send(studio.Welcome(worker_id="w-1", server_time="now"))
@@ -106,16 +112,18 @@ async def test_health_readiness_and_metrics_follow_the_worker(tmp_path):
             await conn.expect(studio.Accept)
             await wait_for_log(conn, "json result sent", "job-ok")
             after_job = await scrape(client)
-            assert value(after_job, "studio_worker_session_phase", phase="welcomed") == 1
+            assert value(after_job, "studio_worker_session_phase", **MAIN, phase="welcomed") == 1
             assert value(after_job, "studio_worker_ready") == 1
-            assert value(after_job, "studio_worker_jobs_total", outcome="done") == 1
+            assert value(after_job, "studio_worker_jobs_total", **MAIN, outcome="done") == 1
             assert value(after_job, "studio_worker_slot_jobs_total", **SLOT) == 1
             hist = {"kind": "llm", "engine": "synthetic"}
-            assert value(after_job, "studio_worker_job_duration_seconds_count", **hist) == 1
-            assert value(after_job, "studio_worker_job_duration_seconds_sum", **hist) > 0
-            assert value(after_job, "studio_worker_job_duration_seconds_bucket", **hist, le="+Inf")
-            assert 0 <= value(after_job, "studio_worker_heartbeat_ack_age_seconds") < 10
-            assert value(after_job, "studio_worker_jobs_running") == 0
+            assert value(after_job, "studio_worker_job_duration_seconds_count", **MAIN, **hist) == 1
+            assert value(after_job, "studio_worker_job_duration_seconds_sum", **MAIN, **hist) > 0
+            assert value(
+                after_job, "studio_worker_job_duration_seconds_bucket", **MAIN, **hist, le="+Inf"
+            )
+            assert 0 <= value(after_job, "studio_worker_heartbeat_ack_age_seconds", **MAIN) < 10
+            assert value(after_job, "studio_worker_jobs_running", **MAIN) == 0
 
             # A crash mid-job: a restart by cause `exit`, a retryable failure.
             await conn.send(offer("job-crash", image_task(), model="synthetic-crash"))
@@ -123,10 +131,17 @@ async def test_health_readiness_and_metrics_follow_the_worker(tmp_path):
             assert (await conn.expect(studio.Fail)).retryable is True
             after_crash = await scrape(client)
             assert value(after_crash, "studio_worker_engine_restarts_total", **SLOT, cause="exit")
-            assert value(after_crash, "studio_worker_jobs_total", outcome="failed_retryable") == 1
-            assert value(after_crash, "studio_worker_jobs_total", outcome="failed_final") == 0
+            assert (
+                value(after_crash, "studio_worker_jobs_total", **MAIN, outcome="failed_retryable")
+                == 1
+            )
+            assert (
+                value(after_crash, "studio_worker_jobs_total", **MAIN, outcome="failed_final") == 0
+            )
             image = {"kind": "image", "engine": "synthetic"}
-            assert value(after_crash, "studio_worker_job_duration_seconds_count", **image) == 1
+            assert (
+                value(after_crash, "studio_worker_job_duration_seconds_count", **MAIN, **image) == 1
+            )
             assert await run.sup.pool.slots[0].wait_ready(10)
             back = await scrape(client)
             assert value(back, "studio_worker_slot_state", **SLOT, state="ready") == 1
@@ -141,8 +156,8 @@ async def test_health_readiness_and_metrics_follow_the_worker(tmp_path):
             await again.send(studio.Welcome(worker_id="w-1", server_time="now"))
             await again.expect(studio.Heartbeat)
             final = await scrape(client)
-            assert value(final, "studio_worker_session_reconnects_total") == 1
-            assert value(final, "studio_worker_sessions_welcomed_total") == 2
+            assert value(final, "studio_worker_session_reconnects_total", **MAIN) == 1
+            assert value(final, "studio_worker_sessions_welcomed_total", **MAIN) == 2
 
 
 async def test_busy_and_paused_rejects_are_counted(tmp_path):
@@ -160,15 +175,17 @@ async def test_busy_and_paused_rejects_are_counted(tmp_path):
         assert (await conn.expect(studio.Reject)).code == "busy"
         async with client_for(run) as client:
             samples = await scrape(client)
-            assert value(samples, "studio_worker_jobs_total", outcome="rejected_busy") == 1
-            assert value(samples, "studio_worker_jobs_running") == 1
+            assert value(samples, "studio_worker_jobs_total", **MAIN, outcome="rejected_busy") == 1
+            assert value(samples, "studio_worker_jobs_running", **MAIN) == 1
             assert value(samples, "studio_worker_slot_state", **SLOT, state="busy") == 1
-            run.sup.state.paused = True
+            run.sup.lanes[0].state.paused = True
             await conn.send(offer("job-3", image_task()))
             assert (await conn.expect(studio.Reject)).code == "paused"
             samples = await scrape(client)
-            assert value(samples, "studio_worker_jobs_total", outcome="rejected_paused") == 1
-            assert value(samples, "studio_worker_paused") == 1
+            assert (
+                value(samples, "studio_worker_jobs_total", **MAIN, outcome="rejected_paused") == 1
+            )
+            assert value(samples, "studio_worker_paused", **MAIN) == 1
 
 
 async def test_http_surface_refuses_what_it_does_not_serve(tmp_path):

@@ -227,3 +227,30 @@ def test_never_falls_back_to_synthetic() -> None:
 )
 def test_fail_is_retryable(error: str, retryable: bool, expected: bool) -> None:
     assert fail_is_retryable(error, retryable) is expected
+
+
+def test_an_engine_only_another_lane_serves_is_rejected_without_a_code() -> None:
+    offer = claim("sd-cpp")
+    lane_slots = slots(frozenset({"synthetic"}), free=1)
+    decision = route_offer(
+        offer,
+        worker=WorkerFlags(paused=False, shutting_down=False),
+        slots=lane_slots,
+        is_poison=lambda _: False,
+        elsewhere=frozenset({"sdcpp"}),
+    )
+    assert decision == RejectOffer(
+        "this lane has no sdcpp slot; another lane of this machine serves sdcpp",
+        None,
+        RejectCause.OTHER_LANE,
+    )
+    # An engine no lane serves is still refused for good, lanes or not.
+    decision = route_offer(
+        claim("llama", task=LLM),
+        worker=WorkerFlags(paused=False, shutting_down=False),
+        slots=lane_slots,
+        is_poison=lambda _: False,
+        elsewhere=frozenset({"sdcpp"}),
+    )
+    assert isinstance(decision, RefuseOffer)
+    assert decision.cause is RefuseCause.MISSING_ENGINE

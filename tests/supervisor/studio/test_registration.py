@@ -312,7 +312,7 @@ async def test_request_id_without_secret_starts_over(
 # --- save failures -----------------------------------------------------------------------
 
 
-def failing_save(path: Path, cfg: WorkerConfig, **_: object) -> None:
+def failing_save(path: Path, table: str | None, cfg: WorkerConfig, previous: object) -> None:
     raise ConfigError(f"saving config.toml ({path}): Read-only file system")
 
 
@@ -323,7 +323,7 @@ async def test_save_failure_after_approval_is_an_error_but_approved(
     studio.script("POST", REGISTER, accepted("rr-001"))
     studio.script("GET", poll_path("rr-001"), APPROVED)
     await tick(registrar)
-    monkeypatch.setattr("supervisor.studio.registration.save_config", failing_save)
+    monkeypatch.setattr("supervisor.studio.registration.save_lane_config", failing_save)
     with caplog.at_level(logging.DEBUG):
         assert await tick(registrar) == Approved("w-real-42")
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -342,7 +342,7 @@ async def test_save_failure_after_rejection_warns(
     studio.script("POST", REGISTER, accepted("rr-001"))
     studio.script("GET", poll_path("rr-001"), Reply(200, {"status": "rejected", "reason": "no"}))
     await tick(registrar)
-    monkeypatch.setattr("supervisor.studio.registration.save_config", failing_save)
+    monkeypatch.setattr("supervisor.studio.registration.save_lane_config", failing_save)
     with caplog.at_level(logging.WARNING):
         assert await tick(registrar) == Rejected("no")
     failed = [r for r in caplog.records if "failed to save" in r.getMessage()]
@@ -357,7 +357,7 @@ async def test_save_failure_after_404_warns(
     studio.script("POST", REGISTER, accepted("rr-001"))
     studio.script("GET", poll_path("rr-001"), Reply(404, ""))
     await tick(registrar)
-    monkeypatch.setattr("supervisor.studio.registration.save_config", failing_save)
+    monkeypatch.setattr("supervisor.studio.registration.save_lane_config", failing_save)
     with caplog.at_level(logging.WARNING):
         assert await tick(registrar) == Pristine()
     failed = [r for r in caplog.records if "failed to save" in r.getMessage()]
@@ -474,7 +474,7 @@ async def test_ensure_registered_rejects_an_unusable_url_up_front(tmp_path: Path
 async def test_ensure_registered_raises_config_error_unwrapped(
     studio: FakeStudio, cfg_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("supervisor.studio.registration.save_config", failing_save)
+    monkeypatch.setattr("supervisor.studio.registration.save_lane_config", failing_save)
     with anyio.fail_after(DEADLINE_S), pytest.raises(ConfigError, match="Read-only"):
         await ensure_registered(cfg_path, load_config(cfg_path), capabilities_for, anyio.Event())
     assert studio.received() == []  # install state could not be kept: nothing was sent

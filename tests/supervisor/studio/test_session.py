@@ -92,7 +92,7 @@ async def test_heartbeat_cadence_and_live_threshold_change(tmp_path):
         with anyio.fail_after(5):
             while (await conn.expect(studio.Heartbeat)).capabilities.vram_threshold_gb != 20.0:
                 pass
-        assert run.sup.state.last_heartbeat_ack is not None
+        assert run.sup.lanes[0].state.last_heartbeat_ack is not None
 
 
 async def test_llm_job_round_trip_with_full_prompt_and_logs(tmp_path):
@@ -205,8 +205,8 @@ async def test_busy_and_paused_rejects(tmp_path):
         with anyio.fail_after(5):
             while not (await conn.expect(studio.Heartbeat)).capabilities.auto_enabled:
                 pass
-        assert run.sup.state.job_outcomes["rejected_busy"] == 1
-        assert run.sup.state.job_outcomes["rejected_paused"] == 1
+        assert run.sup.lanes[0].state.job_outcomes["rejected_busy"] == 1
+        assert run.sup.lanes[0].state.job_outcomes["rejected_paused"] == 1
 
 
 async def test_engine_crash_mid_job_fails_retryable_then_poison(tmp_path):
@@ -266,7 +266,7 @@ async def test_close_codes_other_than_4001_reconnect(tmp_path, code):
         await conn.close(code, "bye")
         again = await peer.next_connection()
         await again.handshake()
-        assert run.sup.state.reconnects == 1
+        assert run.sup.lanes[0].state.reconnects == 1
 
 
 async def test_close_4001_stops_for_good(tmp_path, caplog):
@@ -287,7 +287,7 @@ async def test_upgrade_401_stops_and_other_status_reconnects(tmp_path, caplog):
     peer = StudioPeer(upgrade_status=503, upgrade_body=b"maintenance ref=abc")
     async with running_peer(peer), running_supervisor(tmp_path, peer.base_url) as run:
         with anyio.fail_after(10):
-            while run.sup.state.reconnects < 2:
+            while run.sup.lanes[0].state.reconnects < 2:
                 await anyio.sleep(0.05)
         messages = [r.getMessage() for r in caplog.records]
         assert any(

@@ -53,8 +53,8 @@ async def test_a_json_result_over_the_frame_limit_fails_final_and_the_session_st
         done = await conn.expect(studio.CompleteJson)
         assert done.job_id == "job-other"
         assert peer.connections == [conn], "the session was never dropped"
-        assert run.sup.state.job_outcomes["failed_final"] == 1
-        assert run.sup.state.job_failures["result_too_large"] == 1
+        assert run.sup.lanes[0].state.job_outcomes["failed_final"] == 1
+        assert run.sup.lanes[0].state.job_failures["result_too_large"] == 1
 
 
 async def test_jobs_cut_short_by_a_dropped_session_are_logged_with_their_ids(tmp_path, caplog):
