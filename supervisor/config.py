@@ -32,13 +32,13 @@ from supervisor.config_file import (
     make_private,
     patch_toml,
     render_toml,
+    table_changes,
     write_private,
 )
 from supervisor.config_paths import CONFIG_FILE_NAME, default_models_root, expand_home
 from supervisor.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
 
 DEFAULT_API_BASE_URL: Final = "https://studio.minis.gg/"
 DEFAULT_UPDATE_FEED: Final = "https://api.github.com/repos/webbertakken/studio-worker/releases"
@@ -50,6 +50,7 @@ REDACTED: Final = "<redacted>"
 LogFormat = Literal["text", "json"]
 LaneMode = Literal["one", "per-gpu"]
 LANE_MODES: Final = ("one", "per-gpu")
+# One studio identity: what each lane keeps of its own (supervisor/lanes/).
 IDENTITY_FIELDS: Final = (
     "install_id",
     "registration_request_id",
@@ -57,11 +58,22 @@ IDENTITY_FIELDS: Final = (
     "worker_id",
     "auth_token",
 )
-"""One studio identity: what each lane keeps of its own (supervisor/lanes/)."""
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 PosFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+def _redacted_fields(struct: msgspec.Struct) -> list[tuple[str, Any]]:
+    return [
+        (name, REDACTED if name in SECRET_FIELDS and value is not None else value)
+        for name, value in msgspec.structs.asdict(struct).items()
+    ]
+
+
+def _redacted_repr(struct: msgspec.Struct) -> str:
+    inner = ", ".join(f"{name}={value!r}" for name, value in _redacted_fields(struct))
+    return f"{type(struct).__name__}({inner})"
 
 
 class LaneIdentity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -86,11 +98,10 @@ class LaneIdentity(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
         return rest if rest != LaneIdentity() else None
 
     def __repr__(self) -> str:
-        inner = ", ".join(
-            f"{name}={REDACTED if name in SECRET_FIELDS and value is not None else value!r}"
-            for name, value in msgspec.structs.asdict(self).items()
-        )
-        return f"LaneIdentity({inner})"
+        return _redacted_repr(self)
+
+    def __rich_repr__(self) -> Any:  # rich / typer pretty printing; msgspec's shows secrets
+        yield from _redacted_fields(self)
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,18 +190,11 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
         """A copy with ``changes`` applied (the struct is frozen)."""
         return msgspec.structs.replace(self, **changes)
 
-    def _redacted_fields(self) -> list[tuple[str, Any]]:
-        return [
-            (name, REDACTED if name in SECRET_FIELDS and value is not None else value)
-            for name, value in msgspec.structs.asdict(self).items()
-        ]
-
     def __repr__(self) -> str:
-        inner = ", ".join(f"{name}={value!r}" for name, value in self._redacted_fields())
-        return f"WorkerConfig({inner})"
+        return _redacted_repr(self)
 
     def __rich_repr__(self) -> Any:  # rich / typer pretty printing; msgspec's shows secrets
-        yield from self._redacted_fields()
+        yield from _redacted_fields(self)
 
 
 _TOML_POSITION: Final = re.compile(r"\((at line \d+, column \d+|at end of document)\)")
@@ -341,9 +345,9 @@ def _file_values(cfg: WorkerConfig) -> dict[str, Any]:
 
 
 def changed_values(before: WorkerConfig, after: WorkerConfig) -> dict[str, Any | None]:
-    """The fields whose value differs, as file values (None: remove the key), field order."""
-    old, new = _file_values(before), _file_values(after)
-    return {key: value for key, value in new.items() if old[key] != value}
+    """The fields whose value differs, as file values (None: remove the key), field order;
+    for a table (``lane``) only the keys that differ inside it."""
+    return table_changes(_file_values(before), _file_values(after))
 
 
 def render_config(cfg: WorkerConfig) -> str:

@@ -41,6 +41,21 @@ def render_toml(values: Mapping[str, Any]) -> str:
     return tomlkit.dumps(dict(values))
 
 
+def table_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any | None]:
+    """What differs between two tables, key by key (None: gone), nested tables likewise."""
+    changes: dict[str, Any | None] = {}
+    for key in [*new, *(k for k in old if k not in new)]:
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict | None):
+            # Known keys only: what else the operator keeps in the table stays.
+            changes[key] = table_changes(before, after or {})
+        else:
+            changes[key] = after if after != {} else None
+    return changes
+
+
 def patch_toml(text: str, changes: Mapping[str, Any | None]) -> str:
     """``text`` with each key of ``changes`` set to its value (``None``: the key removed; a
     mapping: a table, whose keys are patched the same way).
@@ -53,25 +68,32 @@ def patch_toml(text: str, changes: Mapping[str, Any | None]) -> str:
         doc = tomlkit.parse(text)
     except TOMLKitError:
         raise UnpatchableError from None
-    _patch_container(doc, changes)
+    try:
+        _patch_container(doc, changes)
+    except (TOMLKitError, AttributeError, KeyError, TypeError, ValueError):
+        raise UnpatchableError from None  # a layout tomlkit cannot edit in place
     return doc.as_string()
 
 
 def _patch_container(container: Any, changes: Mapping[str, Any | None]) -> None:
+    """Set each key (None: remove it). A mapping for an existing table patches only the keys
+    it names, so what else the operator keeps in that table stays."""
     for key, value in changes.items():
-        if value is None or value == {}:
+        if value is None:
             if key in container:
                 del container[key]
             continue
-        old = container.item(key) if key in container else None
+        old = container.get(key)
         if isinstance(value, Mapping) and isinstance(old, Table | OutOfOrderTableProxy):
-            # A table (``[lane.gpu1]``) is edited key by key, like the top level.
-            gone = {k: None for k in old if k not in value}
-            _patch_container(old, {**gone, **value})
+            _patch_container(old, value)
+            if not old:
+                del container[key]  # nothing left in it: no empty header stays behind
             continue
+        if isinstance(value, Mapping) and not any(v is not None for v in value.values()):
+            continue  # removing keys from a table the file does not have
         if isinstance(value, Mapping):
             new: Item = tomlkit.table(is_super_table=True)
-            _patch_container(new, value)
+            _patch_container(new, {k: v for k, v in value.items() if v is not None})
         else:
             new = tomlkit.item(value)
         if isinstance(old, Item) and not isinstance(value, Mapping):

@@ -39,6 +39,7 @@ from supervisor.errors import (
     StartupError,
     UrlError,
 )
+from supervisor.exit_codes import EXIT_CODES, ExitCode
 from supervisor.instance_lock import hold_instance_lock
 from supervisor.lanes.context import CURRENT_LANE
 from supervisor.lanes.lane import Lane, make_lanes
@@ -184,6 +185,8 @@ class Supervisor:
         )
         self.stop = anyio.Event()
         self.stop_reason = "session ended"
+        self._failed: list[Lane] = []  # lanes that ended on an error, in order
+        self._stopped_by_lane = False  # `stop` was set by a lane's failure, not a signal
         self.initial_config = cfg
         self._started = time.monotonic()
         self.metrics = MetricsServer(listen, self.pool, self.lanes) if listen else None
@@ -284,17 +287,35 @@ class Supervisor:
             async with anyio.create_task_group() as tg:
                 for lane in self.lanes:
                     tg.start_soon(self._serve_lane, lane, ctx)
-        code, reason = lanes_exit(self.lanes)
+        requested = self.stop.is_set() and not self._stopped_by_lane
+        code, reason = lanes_exit(self._failed, several=len(self.lanes) > 1, requested=requested)
         if reason is not None:
-            self.stop_reason = reason
+            self.stop_reason = f"{self.stop_reason} ({reason})" if requested else reason
         return code
 
     async def _serve_lane(self, lane: Lane, ctx: LaneContext) -> None:
+        """One lane's loop. A lane that ends on an error an operator must fix (rejected,
+        revoked: systemd would not restart it either) stops alone; one that a restart may
+        cure (a fatal studio error, the reconnect cap) stops every lane, so the supervisor
+        exits with its code and the service manager restarts the whole worker."""
         if len(self.lanes) > 1:
             CURRENT_LANE.set(lane.name)  # this task's log lines ship on the lane's session
         await serve_lane(lane, ctx)
+        if lane.exit_code in (None, ExitCode.OK):
+            return
+        self._failed.append(lane)
         serving = [other.name for other in self.lanes if other.exit_code is None]
-        if lane.ended and serving:
+        if not serving or self.stop.is_set():
+            return
+        if EXIT_CODES[ExitCode(lane.exit_code)].systemd_restarts:
+            log.error(
+                "lane %s stopped (%s); stopping every lane so the worker restarts whole",
+                lane.name,
+                lane.ended,
+            )
+            self._stopped_by_lane = True
+            self.stop.set()
+        else:
             log.error(
                 "lane %s stopped (%s); still serving: %s", lane.name, lane.ended, ", ".join(serving)
             )

@@ -63,9 +63,9 @@ def register(
     return f"saved; {START_HINT} against {cfg.api_base_url}"
 
 
-def lane_names(cfg_path: Path, cfg: WorkerConfig) -> list[str]:
-    """The lanes, first (top-level identity) first: the running supervisor's, else the
-    ones the config's ``engines`` and ``lanes`` make."""
+def lane_names(cfg_path: Path, cfg: WorkerConfig) -> tuple[list[str], bool]:
+    """The lanes, first (top-level identity) first, and whether the running supervisor
+    told them (else they are what the config's ``engines`` and ``lanes`` make)."""
     from supervisor.lanes.plan import ONE_LANE_NAME, plan_lanes
     from supervisor.ops.control import ask, socket_path
     from supervisor.pool.slot_spec import parse_engines
@@ -73,26 +73,33 @@ def lane_names(cfg_path: Path, cfg: WorkerConfig) -> list[str]:
     try:
         report = ask(socket_path(cfg_path), "status", timeout_s=2.0).status
         if report is not None and report.lanes:
-            return [lane.name for lane in report.lanes]
+            return [lane.name for lane in report.lanes], True
     except ControlError:
         pass
     try:
         specs = parse_engines(list(cfg.engines), with_synthetic=cfg.lanes == "one")
-        return [plan.name for plan in plan_lanes(specs, cfg.lanes)]
+        return [plan.name for plan in plan_lanes(specs, cfg.lanes)], False
     except WorkerError:
-        return [ONE_LANE_NAME]
+        return [ONE_LANE_NAME], False
 
 
 def lane_table(cfg_path: Path, cfg: WorkerConfig, lane: str) -> str | None:
     """Where ``lane``'s identity is kept: None for the first lane (the top-level keys),
-    else its ``[lane.NAME]`` table. Raises UsageError for a lane this worker does not have."""
-    names = lane_names(cfg_path, cfg)
+    else its ``[lane.NAME]`` table (also one left by a lane no longer run). Raises
+    UsageError for a lane this worker does not have, or cannot tell."""
+    names, running = lane_names(cfg_path, cfg)
     if lane == names[0]:
         return None
-    if lane in names or lane in cfg.lane:
+    held = cfg.lane.get(lane)
+    if lane in names or (held is not None and held.without_threshold() is not None):
         return lane
-    known = ", ".join([*names, *(n for n in sorted(cfg.lane) if n not in names)])
-    raise UsageError(f"no lane `{lane}` for {cfg_path}; the lanes are {known}")
+    hint = (
+        ""
+        if running
+        else " (no supervisor runs for this config to ask, and its `lanes` and `engines` "
+        "make only these: start it, or set `lanes` and `engines` in the config)"
+    )
+    raise UsageError(f"no lane `{lane}` for {cfg_path}; the lanes are {', '.join(names)}{hint}")
 
 
 def show_config(cfg_path: Path) -> str:

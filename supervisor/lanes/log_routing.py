@@ -3,7 +3,7 @@
 A record logged inside a lane's task carries the lane (``CURRENT_LANE``, a context
 variable every task the lane starts inherits); a record about a job goes with the job's
 lane; anything else is supervisor-wide (a host restart, the GPU governor) and goes to the
-first lane, so every line reaches the studio exactly once.
+first lane still serving, so every line reaches the studio exactly once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def lane_for(record: logging.LogRecord, lanes: list[Lane]) -> Lane:
         owner = lane_of_job(lanes, job_id)
         if owner is not None:
             return owner
-    return lanes[0]
+    # Supervisor-wide: the first lane still serving ships it (a stopped one never would).
+    return next((lane for lane in lanes if lane.exit_code is None), lanes[0])
 
 
 class LaneShipHandler(ShipHandler):

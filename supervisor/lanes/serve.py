@@ -15,9 +15,10 @@ from pathlib import Path
 
 import anyio
 
-from supervisor.config import WorkerConfig
+from supervisor.config import WorkerConfig, current_config
 from supervisor.errors import (
     AuthFailed,
+    ConfigError,
     ReconnectExhausted,
     RegistrationAbortedError,
     SessionFatal,
@@ -67,7 +68,10 @@ async def _serve(lane: Lane, ctx: LaneContext) -> tuple[int, str | None]:
             table=lane.table,
         )
         timings = ctx.timings or SessionTimings(drain_grace_s=cfg.drain_grace_s)
-        initial = fold_view(ctx.initial, lane.table, cfg)
+        # The file as it is now (another lane, or `set-threshold`, may have changed it
+        # while this one waited for approval), holding this lane's identity even if
+        # saving it failed.
+        initial = fold_view(_file_now(ctx), lane.table, cfg)
         live = LiveConfig(ctx.config_path, initial, table=lane.table, lane=lane.name)
         deps = SessionDeps(
             config=live,
@@ -108,14 +112,25 @@ async def _serve(lane: Lane, ctx: LaneContext) -> tuple[int, str | None]:
     return ExitCode.OK, None
 
 
-def lanes_exit(lanes: list[Lane]) -> tuple[int, str | None]:
-    """The supervisor's exit code once every lane has stopped: the first lane's failure
-    (in lane order), else OK; and why, naming the lanes when there are several."""
-    failed = [lane for lane in lanes if lane.exit_code not in (None, ExitCode.OK)]
-    code = failed[0].exit_code if failed and failed[0].exit_code is not None else ExitCode.OK
-    ended = [lane for lane in lanes if lane.ended]
-    if not ended:
-        return code, None
-    if len(lanes) == 1:
-        return code, ended[0].ended
-    return code, "; ".join(f"lane {lane.name}: {lane.ended}" for lane in ended)
+def _file_now(ctx: LaneContext) -> WorkerConfig:
+    try:
+        return current_config(ctx.config_path)
+    except ConfigError:
+        return ctx.initial  # unreadable now: the lane serves on with what it started with
+
+
+def lanes_exit(failed: list[Lane], *, several: bool, requested: bool) -> tuple[int, str | None]:
+    """The supervisor's exit code once every lane has stopped, and why lanes stopped on
+    their own (None: none did). ``failed``: the lanes that ended on an error, in the order
+    they did. A stop the operator asked for (a signal) is OK even after a lane failed;
+    otherwise the first failure's code."""
+    if not failed:
+        return ExitCode.OK, None
+    reason = (
+        "; ".join(f"lane {lane.name}: {lane.ended}" for lane in failed)
+        if several
+        else failed[0].ended
+    )
+    first = failed[0].exit_code
+    code = ExitCode.OK if requested or first is None else first
+    return code, reason

@@ -49,7 +49,8 @@ def is_loopback_url(url: str) -> bool:
 
 def holds_registration(cfg: WorkerConfig) -> bool:
     """Registration state at the top level or in any lane's ``[lane.NAME]`` table."""
-    return any(getattr(cfg, name) for name in IDENTITY_FIELDS) or bool(cfg.lane)
+    tables = [cfg, *cfg.lane.values()]
+    return any(getattr(table, name) for table in tables for name in IDENTITY_FIELDS)
 
 
 def check_owned_config(cfg: WorkerConfig, config_path: Path) -> None:
@@ -66,4 +67,6 @@ def pointed_at(cfg: WorkerConfig, studio_url: str) -> WorkerConfig | None:
     base = studio_url.rstrip("/") + "/"
     if cfg.api_base_url == base:
         return None
-    return cfg.replace(api_base_url=base, lane={}, **dict.fromkeys(IDENTITY_FIELDS))
+    kept = {name: t.without_identity() for name, t in cfg.lane.items()}  # thresholds stay
+    lanes = {name: t for name, t in kept.items() if t is not None}
+    return cfg.replace(api_base_url=base, lane=lanes, **dict.fromkeys(IDENTITY_FIELDS))

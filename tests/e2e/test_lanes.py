@@ -198,8 +198,22 @@ def test_a_revoked_lane_stops_alone_and_the_others_keep_their_jobs(
     status = sup.status()
     assert re.search(r"^  gpu0\s+welcomed as", status, re.MULTILINE)
     assert re.search(r"stopped: ws auth failed", status)
-    # The worker stops when every lane has; it ends with the revoked lane's auth code.
-    assert processes.stop(sup.proc, sig=signal.SIGTERM) == ExitCode.AUTH
+    # The worker stops by itself once every lane has, with the auth code (no restart).
+    studio.client.revoke_worker(kept)
+    assert sup.proc.wait() == ExitCode.AUTH
+    stopped = sup.proc.log.snapshot()[-1]
+    assert "lane gpu1: ws auth failed" in stopped and "lane gpu0: ws auth failed" in stopped
+
+
+def test_a_stop_asked_for_after_a_lane_was_revoked_is_a_clean_exit(
+    processes: Processes, one_offer_studio: StudioProcess, tmp_path: Path
+) -> None:
+    sup, config = start_lanes(processes, one_offer_studio, tmp_path, 2)
+    wait_welcomed(sup, 2)
+    one_offer_studio.client.revoke_worker(load_config(config).lane["gpu1"].worker_id or "")
+    sup.proc.log.wait_for(re.compile(r"lane gpu1 stopped \(ws auth failed"))
+    assert processes.stop(sup.proc, sig=signal.SIGTERM) == ExitCode.OK
+    assert "reason=SIGTERM received (lane gpu1: ws auth failed" in sup.proc.log.snapshot()[-1]
 
 
 def test_start_local_with_lanes_approves_every_lane_on_its_own_studio(

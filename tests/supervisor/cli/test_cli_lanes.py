@@ -97,3 +97,22 @@ def test_set_threshold_for_one_lane_and_then_for_every_lane(tmp_path: Path) -> N
     assert cfg.vram_threshold_gb == 20.0
     assert "gpu0" not in cfg.lane, "every lane's own value goes"
     assert cfg.lane["gpu1"].worker_id == "w-2"
+
+
+def test_a_lane_the_config_cannot_name_is_refused_not_guessed(tmp_path: Path) -> None:
+    # Lanes set by flag only: with no supervisor to ask, the config makes one lane, `main`;
+    # a table holding only gpu0's threshold is no identity to clear.
+    path = tmp_path / "config.toml"
+    save_config(
+        path,
+        WorkerConfig(
+            worker_id="w-1",
+            auth_token="tok-1-SECRET",
+            lane={"gpu0": LaneIdentity(vram_threshold_gb=8.0)},
+        ),
+    )
+    done = cli(tmp_path, "--config", str(path), "register", "--reset", "--lane", "gpu0")
+    line = assert_one_error(done, ExitCode.USAGE)
+    assert "no lane `gpu0`" in line and "the lanes are main" in line
+    assert "start it, or set `lanes` and `engines` in the config" in line
+    assert load_config(path).worker_id == "w-1", "nothing cleared"

@@ -13,7 +13,7 @@ import pytest
 
 from localstudio import __main__ as studio_main
 from localstudio import data_lock
-from supervisor.config import WorkerConfig, load_config
+from supervisor.config import LaneIdentity, WorkerConfig, load_config
 from supervisor.errors import AnotherSupervisorRunning, LocalConfigConflict
 from supervisor.exit_codes import ExitCode
 from supervisor.instance_lock import LOCK_NAME, hold_instance_lock, holder_pid
@@ -73,6 +73,8 @@ def test_a_config_registered_elsewhere_is_refused(fields: dict[str, str], tmp_pa
         WorkerConfig(),  # a fresh file (the default URL, nothing registered)
         WorkerConfig(api_base_url=REMOTE),
         WorkerConfig(api_base_url="http://127.0.0.1:4242/", **REGISTERED),  # a local studio's
+        # A lane's own threshold is no registration.
+        WorkerConfig(api_base_url=REMOTE, lane={"gpu1": LaneIdentity(vram_threshold_gb=8.0)}),
     ],
 )
 def test_a_fresh_or_local_config_is_the_local_workers(cfg: WorkerConfig, tmp_path: Path) -> None:
@@ -87,6 +89,23 @@ def test_pointing_a_config_at_the_studio() -> None:
     assert moved is not None
     assert moved.api_base_url == url + "/"
     assert (moved.worker_id, moved.auth_token, moved.install_id) == (None, None, None)
+    lanes = {
+        "gpu0": LaneIdentity(vram_threshold_gb=8.0),
+        "gpu1": LaneIdentity(worker_id="w-2", auth_token="tok-2", vram_threshold_gb=6.0),
+        "gpu2": LaneIdentity(worker_id="w-3"),
+    }
+    moved = pointed_at(WorkerConfig(api_base_url=REMOTE, lane=lanes), url)
+    assert moved is not None
+    assert moved.lane == {  # every lane's registration goes; their thresholds stay
+        "gpu0": LaneIdentity(vram_threshold_gb=8.0),
+        "gpu1": LaneIdentity(vram_threshold_gb=6.0),
+    }
+
+
+def test_a_lane_registered_elsewhere_is_refused(tmp_path: Path) -> None:
+    cfg = WorkerConfig(api_base_url=REMOTE, lane={"gpu1": LaneIdentity(worker_id="w-2")})
+    with pytest.raises(LocalConfigConflict):
+        check_owned_config(cfg, tmp_path / "config.toml")
 
 
 # --- the data dir's lock and stale studios ----------------------------------------------------

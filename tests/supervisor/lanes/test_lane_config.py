@@ -7,6 +7,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from rich.pretty import pretty_repr
+
 from supervisor.config import LaneIdentity, WorkerConfig, load_config, save_config, secure_config
 from supervisor.lane_identity import lane_view, save_lane_config
 from supervisor.live_config import LiveConfig
@@ -44,6 +46,7 @@ def test_lane_tables_load_and_each_lane_sees_its_own_identity(tmp_path: Path) ->
     assert (third.worker_id, third.auth_token, third.install_id) == (None, None, None)
     assert second.api_base_url == first.api_base_url  # the rest is every lane's
     assert "tok-gpu1-SECRET" not in repr(cfg)
+    assert "tok-gpu1-SECRET" not in pretty_repr(cfg)  # rich's printing (typer's tracebacks)
 
 
 def test_a_lane_saves_only_its_identity_into_its_table(tmp_path: Path) -> None:
@@ -96,3 +99,21 @@ def test_a_fresh_file_has_no_lane_table(tmp_path: Path) -> None:
     save_config(path, WorkerConfig())
     assert "[lane" not in path.read_text()
     assert load_config(path).lane == {}
+
+
+def test_a_lane_save_keeps_what_else_the_operator_has_in_lane_tables(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        OPERATOR_FILE.replace('auth_token = "tok-gpu1-SECRET"\n', 'note = "rack 4"\n')
+        + '\n[notes]\nowner = "ops"\n\n[lane.gpu2]\nworker_id = "w-3"\n'
+    )
+    cfg = load_config(path)  # a table between two lane tables: tomlkit's out-of-order case
+    for table, changes in (("gpu2", {"auth_token": "tok-3"}), ("gpu1", {"worker_id": None})):
+        view = lane_view(load_config(path), table)
+        save_lane_config(path, table, view.replace(**changes), view)
+    text = path.read_text()
+    assert 'note = "rack 4"' in text, "a key of the operator's in a lane table stays"
+    assert '[notes]\nowner = "ops"' in text
+    cfg = load_config(path)
+    assert cfg.lane["gpu2"] == LaneIdentity(worker_id="w-3", auth_token="tok-3")
+    assert cfg.lane["gpu1"] == LaneIdentity()

@@ -16,6 +16,7 @@ import pytest
 from protocol import studio
 from protocol.tasks import ChatMessage, LlmTask, ModelCliDefaults, ModelSource
 from supervisor.config import LaneIdentity, load_config
+from supervisor.exit_codes import ExitCode
 from supervisor.machine_facts import machine_name
 from tests.support.studio_peer import PeerConnection, StudioPeer, make_offer, running_peer
 from tests.support.supervisor_harness import TOKEN, RunningSupervisor, running_supervisor
@@ -139,3 +140,16 @@ async def test_log_lines_ship_on_the_session_of_their_lane(
         seen_by_a = [e for f in a.received if isinstance(f, studio.LogBatch) for e in f.entries]
         assert seen_by_a, "the first lane ships its own (and the supervisor-wide) lines"
         assert not [e for e in seen_by_a if e.job_id == "job-b"]
+
+
+async def test_a_lane_failure_a_restart_may_cure_stops_every_lane_with_its_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with two_lanes(tmp_path, monkeypatch, "slow-job=1") as (run, sessions):
+        a, b = sessions["w-1"][0], sessions["w-2"][0]
+        await b.send(studio.Error(code="internal_error", message="studio restarting"))
+        # The other lane drains and closes normally; the worker exits with the studio's
+        # fatal code, which the service manager restarts, whole.
+        assert await a.wait_closed() == 1000
+        assert await run.wait_exit() == ExitCode.STUDIO_FATAL
+    assert run.sup.stop_reason == "lane gpu1: ws fatal: internal_error: studio restarting"
