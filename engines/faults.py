@@ -32,6 +32,7 @@ from typing import Any, Final, NoReturn, assert_never
 
 from engines.base import JobContext
 from engines.errors import EngineError
+from protocol.tasks import prompt_for
 
 CRASH_EXIT_CODE: Final = 3  # synthetic-crash and crash-after
 START_CRASH_EXIT_CODE: Final = 4  # crash-on-start
@@ -173,6 +174,9 @@ def job_fault(model: str, opts: FaultOptions) -> FaultModel | None:
         return None
 
 
+_DEATHS: Final = frozenset({FaultModel.CRASH, FaultModel.SEGV, FaultModel.ABORT})
+
+
 def apply_job_fault(model: str, ctx: JobContext, opts: FaultOptions, jobs_started: int) -> None:
     """Called by the engine before it generates; ``jobs_started`` counts earlier jobs.
 
@@ -188,6 +192,10 @@ def apply_job_fault(model: str, ctx: JobContext, opts: FaultOptions, jobs_starte
     if fault is None:
         return
     ctx.log("warn", f"fault: {fault.value} requested by job {ctx.job_id}")
+    if fault in _DEATHS:
+        # Verbose engines print the prompt they are working on; a death leaves it in the
+        # stderr tail the supervisor reports (and telemetry must scrub).
+        print(f"fault: dying while generating: {prompt_for(ctx.task)}", file=sys.stderr, flush=True)
     match fault:
         case FaultModel.CRASH:
             _exit_now(CRASH_EXIT_CODE)

@@ -44,7 +44,9 @@ DEFAULT_API_BASE_URL: Final = "https://studio.minis.gg/"
 DEFAULT_UPDATE_FEED: Final = "https://api.github.com/repos/webbertakken/studio-worker/releases"
 DEFAULT_ENGINES: Final = ("synthetic",)
 REQUIRED_KEYS: Final = ("api_base_url", "vram_threshold_gb", "auto_start")
-SECRET_FIELDS: Final = frozenset({"auth_token", "registration_secret", "local_api_token"})
+SECRET_FIELDS: Final = frozenset(
+    {"auth_token", "registration_secret", "local_api_token", "telemetry_dsn"}
+)
 REDACTED: Final = "<redacted>"
 
 LogFormat = Literal["text", "json"]
@@ -173,6 +175,13 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_frame_bytes: PosInt = 16 * 2**20
     """The studio's WebSocket frame limit: a JSON result (with its echoed prompt) larger
     than this fails its job ``retryable: false`` instead of dropping the session."""
+    telemetry_dsn: str | None = None
+    """Sentry DSN for opt-in error telemetry (``SENTRY_DSN`` wins); a secret like the token."""
+    self_install: bool = False
+    """Install a newer release found by the update check (drain, install, re-exec); off:
+    report only. ``auto_update_enabled`` (the Rust key) governs the check alone."""
+    self_install_probation_s: PosFloat = 300.0
+    """A new release that reaches no studio ``welcome`` within this is rolled back."""
     lanes: LaneMode = "one"
     """``one``: one studio identity serves every slot (the Rust worker's way); ``per-gpu``:
     one identity (lane) per GPU index in ``engines``, so the studio, which offers a worker

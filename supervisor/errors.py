@@ -18,6 +18,7 @@ the command line is here, with the exit status the CLI ends with (``exit_codes.p
     ├── ControlError               1     no usable answer on the control socket (control.py)
     │   └── SupervisorNotRunning   1     nobody listens there: ``status``, ``pause``, ``resume``
     ├── ServiceError               1     install-/uninstall-service: a command or write failed
+    ├── UpdateError                1     an update check or install failed (updates/)
     ├── SubmitError                1     ``submit``: the result could not be saved
     │   ├── JobFailedError         1     the job ended ``failed``
     │   └── JobWaitTimeout         1     ``--timeout`` passed before the job ended
@@ -202,6 +203,11 @@ class ServiceError(WorkerError):
     """Raised by service_commands.py when a ``systemctl`` / ``useradd`` command fails or the
     unit file cannot be written or removed; the commands left are printed above it for the
     operator to run by hand."""
+
+
+class UpdateError(WorkerError):
+    """Asking the package index, installing a release or rolling one back failed; the
+    message is pip's own last ``ERROR:`` line where it gave one. The running version stays."""
 
 
 class SubmitError(WorkerError):

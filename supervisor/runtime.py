@@ -18,6 +18,7 @@ how it ended.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -59,6 +60,8 @@ from supervisor.pool.slot_spec import SlotSpec, parse_engines
 from supervisor.studio.http import StudioHttp
 from supervisor.studio.session import SessionTimings
 from supervisor.studio.urls import build_connect_url, normalize_base_url
+from supervisor.updates.restart import cancel_reexec
+from supervisor.updates.watch import UpdateWatch
 
 log = logging.getLogger("supervisor.runtime")
 
@@ -189,11 +192,17 @@ class Supervisor:
         self._stopped_by_lane = False  # `stop` was set by a lane's failure, not a signal
         self.initial_config = cfg
         self._started = time.monotonic()
-        self.metrics = MetricsServer(listen, self.pool, self.lanes) if listen else None
+        why = functools.partial(setattr, self, "stop_reason")  # an update names its stop
+        self.updates = UpdateWatch(cfg, opts.config_path, self.lanes, self.stop, why)
+        self.metrics = (
+            MetricsServer(listen, self.pool, self.lanes, opts.config_path) if listen else None
+        )
 
     async def run(self) -> int:
         handler = LaneShipHandler(self.lanes)
         logging.getLogger().addHandler(handler)
+        page_logs = self.metrics.logs if self.metrics else logging.NullHandler()
+        logging.getLogger().addHandler(page_logs)  # the status page's last lines
         raised: list[logging.Logger] = []
         for name in ("supervisor", "engines"):
             # The studio wants INFO lines even when the embedding app left logging unset.
@@ -208,6 +217,7 @@ class Supervisor:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
                 startup_error = await self._start_parts(tg)
                 if startup_error is None:
+                    tg.start_soon(self.updates.run)
                     await self._wait_for_hosts()
                     code = await self._serve_studio()
                     await self._drain_pool()
@@ -218,6 +228,7 @@ class Supervisor:
         finally:
             self._resources.close()
             logging.getLogger().removeHandler(handler)
+            logging.getLogger().removeHandler(page_logs)
             self._log_summary(code)
             for logger in raised:  # leave the embedding process's logging as it was
                 logger.setLevel(logging.NOTSET)
@@ -345,6 +356,7 @@ class Supervisor:
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
+                cancel_reexec()  # an operator's stop wins over an update's restart
                 name = signal.Signals(signum).name
                 if not self.stop.is_set():
                     log.info('op="shutdown" signal="%s": draining (a second signal forces)', name)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from supervisor.job_history import FinishedJob, JobHistory
 from supervisor.session_state import SessionEvent, SessionPhase, session_machine
 from supervisor.stats import JOB_SECONDS_BUCKETS, DurationHistogram
 
@@ -27,6 +28,10 @@ class ActiveJob:
     phase: str = "queued"
     step: int = 0
     total: int = 0
+    detail: str = ""  # what the phase works on (a file name), from the host's progress
+    prompt_preview: str = ""  # the first 200 characters, for the status page only
+    outcome: str = "cancelled"  # until the runner says how it ended
+    cause: str | None = None
 
 
 class WorkerState:
@@ -45,6 +50,8 @@ class WorkerState:
         self.job_failures: Counter[str] = Counter()
         # (kind, engine) -> how long accepted jobs took, accept to result delivered
         self.job_seconds: dict[tuple[str, str], DurationHistogram] = {}
+        self.history = JobHistory()
+        self.reconnect_attempt = 0  # the session loop's current one, while it backs off
         self.changed = anyio.Event()
 
     def nudge(self) -> None:
@@ -59,8 +66,19 @@ class WorkerState:
     def session_event(self, event: SessionEvent) -> None:
         self.session.apply(event)
 
+    def count_outcome(self, job_id: str, outcome: str, cause: str | None = None) -> None:
+        """Count how a job ended (``cause``: why it failed) and note it on the job, for the
+        history ``finish_job`` writes."""
+        self.job_outcomes[outcome] += 1
+        if cause is not None:
+            self.job_failures[cause] += 1
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.outcome, job.cause = outcome, cause
+
     def finish_job(self, job_id: str) -> None:
-        """The job is over (delivered, failed or abandoned): forget it, time it."""
+        """The job is over (delivered, failed or abandoned): forget it, time it, keep it
+        in the history."""
         job = self.jobs.pop(job_id, None)
         if job is None:
             return
@@ -68,7 +86,21 @@ class WorkerState:
         hist = self.job_seconds.get(key)
         if hist is None:
             hist = self.job_seconds[key] = DurationHistogram(JOB_SECONDS_BUCKETS)
-        hist.observe(time.monotonic() - job.started)
+        elapsed = time.monotonic() - job.started
+        hist.observe(elapsed)
+        self.history.record(
+            FinishedJob(
+                job.job_id,
+                job.kind,
+                job.model,
+                job.engine,
+                job.slot_id,
+                job.outcome,
+                round(elapsed, 3),
+                time.time(),
+                job.cause,
+            )
+        )
 
     def current_job_id(self) -> str | None:
         """The oldest running job, for the heartbeat's single ``currentJobId``."""

@@ -133,6 +133,15 @@ def show_config(ctx: typer.Context) -> None:
     _run(lambda: commands.show_config(path))
 
 
+@app.command("check-update")
+def check_update(ctx: typer.Context) -> None:
+    """Ask the package index (through pip) for a newer studio-worker; exit 0 either way."""
+    from supervisor.cli.update_command import check_update as check
+
+    path = _config_path(ctx)
+    _run(lambda: check(path))
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def set_threshold(
     ctx: typer.Context,

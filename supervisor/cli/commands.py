@@ -8,7 +8,6 @@ None of these functions touches the network.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Final
 
@@ -17,6 +16,7 @@ from supervisor.config import IDENTITY_FIELDS, WorkerConfig, load_config, render
 from supervisor.errors import ControlError, SupervisorNotRunning, UsageError, WorkerError
 from supervisor.lane_identity import with_identity
 from supervisor.studio.urls import normalize_base_url
+from supervisor.threshold import check_threshold, save_threshold
 
 log = logging.getLogger("supervisor.commands")
 
@@ -108,30 +108,13 @@ def show_config(cfg_path: Path) -> str:
     return f"# {cfg_path}\n{render_config(cfg)}"
 
 
-def _display_float(value: float) -> str:
-    """Rust's ``{}`` for f64: ``33`` for 33.0, ``12.5`` for 12.5."""
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
 def set_threshold(cfg_path: Path, gb: float, *, lane: str | None = None) -> str:
     """Save ``vram_threshold_gb`` (the largest job estimate this worker claims): for every
     lane (the top-level key; lanes' own values go), or with ``lane`` in its table."""
-    if not math.isfinite(gb) or gb < 0:
-        raise UsageError("threshold must be >= 0")
-    loaded = load_config(cfg_path)
-    if lane is None:
-        tables = {n: t.without_threshold() for n, t in loaded.lane.items()}
-        cfg = loaded.replace(
-            vram_threshold_gb=gb, lane={n: t for n, t in tables.items() if t is not None}
-        )
-    else:
-        lane_table(cfg_path, loaded, lane)  # refuses a lane this worker does not have
-        cfg = with_identity(loaded, lane, {"vram_threshold_gb": gb})
-    # Only these keys are written: the rest of the operator's file stays as it is.
-    save_config(cfg_path, cfg, previous=loaded)
-    log.info('vram threshold set op="set_threshold" vram_threshold_gb=%s lane=%s', gb, lane or "*")
-    prefix = f"[lane.{lane}] " if lane else ""
-    return f"{prefix}vram_threshold_gb = {_display_float(gb)}"
+    check_threshold(gb)
+    if lane is not None:
+        lane_table(cfg_path, load_config(cfg_path), lane)  # refuses a lane it does not have
+    return save_threshold(cfg_path, gb, lane)
 
 
 def status(cfg_path: Path, *, lane: str | None = None) -> tuple[str, SupervisorNotRunning | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Final, cast, get_args
 
@@ -20,9 +21,20 @@ from supervisor.cli.local_launch import command_config_path
 from supervisor.cli.logging_setup import configure_logging
 from supervisor.config import LANE_MODES, LaneMode, LogFormat, load_config
 from supervisor.errors import UsageError
+from supervisor.exit_codes import ExitCode
+from supervisor.ops.control import socket_path
+from supervisor.ops.web.actions import secret_path
 from supervisor.owned_studio.launch import LocalStudioSpec
 from supervisor.runtime import StartOptions, check_start, run_supervisor
 from supervisor.studio.registration import POLL_INTERVAL_S
+from supervisor.telemetry.sentry import capture_crash, start_telemetry, stop_telemetry
+from supervisor.updates.restart import (
+    failed_probation,
+    pending_reexec,
+    probation_gate,
+    reexec,
+    rollback_if_start_fails,
+)
 
 REGISTRATION_POLL_ENV: Final = "STUDIO_WORKER_REGISTRATION_POLL_S"
 LOCAL_REGISTRATION_POLL_S: Final = 1.0
@@ -94,6 +106,21 @@ def run_start(
     )
     # The Supervisor checks again once it holds the config's lock (it takes that before it
     # creates anything: a second `start` on this config is refused there).
-    check_start(cfg, opts, gpus=True)
-    configure_logging(log_format or cfg.log_format)
-    return run_supervisor(opts)
+    code: int = ExitCode.FAILED
+    early = probation_gate(config_path, time.time())
+    if early is not None:  # this release's probation is over, or an install was cut short
+        return reexec(config_path, early)
+    with rollback_if_start_fails(config_path):
+        check_start(cfg, opts, gpus=True)
+        configure_logging(log_format or cfg.log_format)
+        page_secret = secret_path(socket_path(config_path))
+        start_telemetry(cfg, config_path, secret_files=(page_secret,))
+        try:
+            code = run_supervisor(opts)
+        except Exception as exc:
+            capture_crash(exc)  # sent before the SDK is closed below
+            raise
+        finally:
+            stop_telemetry()
+    plan = pending_reexec() or failed_probation(config_path, code)
+    return code if plan is None else reexec(config_path, plan)

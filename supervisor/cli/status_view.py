@@ -10,7 +10,7 @@ import msgspec
 from supervisor.config import WorkerConfig
 from supervisor.errors import UsageError
 from supervisor.lane_identity import lane_view
-from supervisor.ops.status_report import GpuView, LaneView, SlotView, StatusReport
+from supervisor.ops.status_report import GpuView, LaneView, SlotView, StatusReport, UpdateView
 
 LABEL_WIDTH = 20
 
@@ -43,6 +43,8 @@ def config_lines(cfg_path: Path, cfg: WorkerConfig) -> list[str]:
         _line("models_root", cfg.models_root),
         _line("auto_update", str(cfg.auto_update_enabled).lower()),
         _line("update_interval", f"{cfg.auto_update_interval_secs}s"),
+        _line("self_install", str(cfg.self_install).lower()),
+        _line("telemetry", "on (telemetry_dsn)" if cfg.telemetry_dsn else "off unless SENTRY_DSN"),
     ]
 
 
@@ -63,6 +65,8 @@ def live_lines(report: StatusReport) -> list[str]:
         _line("reconnects", report.reconnects),
         _line("jobs", outcomes),
     ]
+    if report.update is not None:
+        lines.append(_line("update", update_text(report.update)))
     if len(report.lanes) > 1:
         lines.extend(_lane_lines(report.lanes))
     if report.job_failures:
@@ -101,6 +105,22 @@ def live_lines(report: StatusReport) -> list[str]:
         lines.extend(_slot_detail(s))
     lines.extend(_gpu_lines(report))
     return lines
+
+
+def update_text(u: UpdateView) -> str:
+    """``0.5.1 available (report only ...)``, ``up to date (0.5.0, checked 12s ago)``..."""
+    if not u.checking and u.newest is None:
+        return f"{u.installed}; checks off (auto_update_enabled = false)"
+    if u.error is not None and u.newest is None:
+        return f"{u.installed}; last check failed: {u.error}"
+    if u.newest is None:
+        return f"{u.installed}; not checked yet"
+    ago = f", checked {u.checked_s_ago:.0f}s ago" if u.checked_s_ago is not None else ""
+    failed = f"; last check failed: {u.error}" if u.error is not None else ""
+    if not u.available:
+        return f"up to date ({u.installed}{ago}){failed}"
+    note = f"; {u.note}" if u.note else ""
+    return f"{u.newest} available (running {u.installed}{ago}){note}{failed}"
 
 
 def _lane_lines(lanes: list[LaneView]) -> list[str]:

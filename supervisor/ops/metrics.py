@@ -30,6 +30,7 @@ from supervisor.pool.slot_state import SlotState
 from supervisor.pool.verdict import FINAL, LossCause
 from supervisor.session_state import SessionPhase
 from supervisor.stats import DurationHistogram
+from supervisor.updates.state import STATUS as UPDATES
 
 PREFIX: Final = "studio_worker"
 # Always exported (as 0 until they happen), so rate() and alerts work from the first scrape.
@@ -129,6 +130,11 @@ class WorkerCollector(Collector):
         ready, _ = readiness(self.pool, self.lanes)
         yield GaugeMetricFamily(
             f"{PREFIX}_ready", "1 when /readyz answers 200 (welcomed, a slot serving).", value=ready
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_update_available",
+            "1 when the last update check found a newer studio-worker release.",
+            value=float(UPDATES.available),
         )
 
     # --- jobs -----------------------------------------------------------------------------

@@ -1,58 +1,47 @@
-"""The optional HTTP endpoint: ``/metrics`` (Prometheus text format), ``/healthz``, ``/readyz``.
+"""The optional HTTP endpoint: ``/metrics`` (Prometheus text format), ``/healthz``,
+``/readyz`` and the status page (``supervisor.ops.web``).
 
-Off unless ``--metrics HOST:PORT`` or ``metrics_listen`` is set. It is a deliberately tiny
-HTTP/1.1 server on an anyio TCP listener inside the supervisor's root task group: one
-``GET`` per connection, answered and closed (what Prometheus and health probes need).
-uvicorn is not used here because it installs its own SIGINT/SIGTERM handlers, which would
-take the two-stage shutdown away from the supervisor. A scrape reads the live state in the
-event loop (``supervisor.metrics``), so there are no locks and no copies. A bad request or
-a bug in a handler costs that one connection, never the supervisor.
+Off unless ``--metrics HOST:PORT`` or ``metrics_listen`` is set. The app is Starlette on
+uvicorn, as in the local studio, run inside the supervisor's root task group without
+uvicorn's ``serve``: that would install its own SIGINT/SIGTERM handlers and take the
+two-stage shutdown away from the supervisor. The socket is bound here, before uvicorn sees
+it, so an address that cannot be bound is a ``MetricsListenError`` with the system's
+reason (uvicorn would exit the process). Requests are answered in the event loop from the
+live state (no locks, no copies); a bug in a handler costs that request, never the
+supervisor. With a config path it also writes the page's action secret at start and
+removes it at exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
-from http import HTTPStatus
+import socket
+from pathlib import Path
 from typing import Final
 
 import anyio
 import anyio.abc
-from anyio.abc import SocketAttribute
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+import uvicorn
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from supervisor.errors import MetricsListenError
 from supervisor.lanes.lane import Lane
-from supervisor.ops.metrics import WorkerCollector, readiness
+from supervisor.ops.control import socket_path
+from supervisor.ops.metrics import WorkerCollector
+from supervisor.ops.web.actions import ActionSecret, PageActions, secret_path
+from supervisor.ops.web.app import WebParts, build_app
+from supervisor.ops.web.host_guard import HostRule
+from supervisor.ops.web.log_ring import LogRing
+from supervisor.ops.web.secret_mask import SecretMask
 from supervisor.pool.engine_pool import EnginePool
 
 log = logging.getLogger("supervisor.metrics")
 
-REQUEST_TIMEOUT_S: Final = 10.0
-REQUEST_HEAD_MAX_BYTES: Final = 8192
-TEXT_PLAIN: Final = "text/plain; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class Response:
-    status: HTTPStatus
-    content_type: str
-    body: bytes
-
-    def encode(self, *, head_only: bool = False) -> bytes:
-        head = (
-            f"HTTP/1.1 {self.status.value} {self.status.phrase}\r\n"
-            f"Content-Type: {self.content_type}\r\n"
-            f"Content-Length: {len(self.body)}\r\n"
-            "Cache-Control: no-store\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode("ascii")
-        return head if head_only else head + self.body
-
-
-def _text(status: HTTPStatus, text: str) -> Response:
-    return Response(status, TEXT_PLAIN, (text + "\n").encode())
+SHUTDOWN_GRACE_S: Final = 2
+KEEP_ALIVE_S: Final = 5
+REQUEST_HEAD_MAX_BYTES: Final = 8192  # a longer request line and headers are refused (400)
+MAX_CONNECTIONS: Final = 64  # a scrape, probes and a few open pages need far fewer
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -70,15 +59,41 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on the first address ``host`` resolves to. Raises OSError."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class MetricsServer:
-    def __init__(self, listen: str, pool: EnginePool, lanes: list[Lane]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        pool: EnginePool,
+        lanes: list[Lane],
+        config_path: Path | None = None,
+    ) -> None:
         self.listen = listen
         self.host, self.port = parse_listen(listen)
         self.pool = pool
         self.lanes = lanes
+        self.config_path = config_path
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(WorkerCollector(pool, lanes))
         ProcessCollector(registry=self.registry)  # the supervisor's own RSS, CPU, fds
+        self.logs = LogRing()  # the runtime adds it to the root logger for the whole run
+        self.secret = ActionSecret(secret_path(socket_path(config_path))) if config_path else None
         self.address: tuple[str, int] | None = None  # once bound (port 0 picks one)
 
     @property
@@ -87,80 +102,80 @@ class MetricsServer:
         host, port = self.address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
+    def _app_parts(self) -> WebParts:
+        secret = self.secret
+        actions = None
+        if secret is not None and self.config_path is not None:
+            actions = PageActions(self.lanes, self.config_path, secret)
+        return WebParts(
+            pool=self.pool,
+            lanes=self.lanes,
+            registry=self.registry,
+            logs=self.logs,
+            mask=SecretMask(self.config_path, lambda: secret.value if secret else None),
+            config_path=self.config_path,
+            actions=actions,
+        )
+
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Bind, report started, answer requests until cancelled. Raises MetricsListenError
         (before ``started``) when the address cannot be bound."""
         try:
-            listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+            sock = bind_listener(self.host, self.port)
         except OSError as exc:
             raise MetricsListenError(
                 f"cannot serve metrics on {self.listen}: {exc.strerror or exc}"
             ) from None
-        async with listener:
-            local = listener.listeners[0].extra(SocketAttribute.local_address)
-            assert isinstance(local, tuple)  # a TCP listener: (host, port[, flow, scope])
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(sock.close)
+            local = sock.getsockname()
             self.address = (str(local[0]), int(local[1]))
-            log.info("metrics listening on %s (/metrics, /healthz, /readyz)", self.url)
-            task_status.started()
-            await listener.serve(self._handle)
-
-    def respond(self, method: str, target: str) -> Response:
-        if method not in ("GET", "HEAD"):
-            return _text(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD")
-        path = target.split("?", 1)[0]
-        match path:
-            case "/metrics":
-                body = generate_latest(self.registry)
-                return Response(HTTPStatus.OK, CONTENT_TYPE_PLAIN_0_0_4, body)
-            case "/healthz":
-                return _text(HTTPStatus.OK, "ok")
-            case "/readyz":
-                ready, reason = readiness(self.pool, self.lanes)
-                return _text(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, reason)
-            case _:
-                return _text(HTTPStatus.NOT_FOUND, "not found: try /metrics, /healthz or /readyz")
-
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
-        async with stream:
+            if self.secret is not None:
+                self._write_secret(self.secret, cleanup)
+            server = _uvicorn_server(self._app_parts(), HostRule(self.host, self.address[0]))
+            await server.startup(sockets=[sock])
             try:
-                with anyio.fail_after(REQUEST_TIMEOUT_S):
-                    head = await _read_head(stream)
-                response, head_only = self._answer(head)
-                await stream.send(response.encode(head_only=head_only))
-            except (
-                TimeoutError,
-                anyio.EndOfStream,
-                anyio.BrokenResourceError,
-                anyio.ClosedResourceError,
-                OSError,
-            ):
-                return  # the client went away or never finished its request
-            except Exception:
-                # A bug here costs this connection, never the supervisor's task group.
-                log.exception("metrics connection failed")
+                log.info("metrics listening on %s (/metrics, /healthz, /readyz, /)", self.url)
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await server.shutdown()
 
-    def _answer(self, head: bytes | None) -> tuple[Response, bool]:
-        if head is None:
-            return _text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request too large"), False
-        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            return _text(HTTPStatus.BAD_REQUEST, "bad request line"), False
-        method, target, _ = parts
+    def _write_secret(self, secret: ActionSecret, cleanup: contextlib.ExitStack) -> None:
+        """A secret that cannot be written leaves the page read-only, not the worker down."""
         try:
-            response = self.respond(method, target)
-        except Exception:
-            log.exception("metrics request failed method=%s target=%s", method, target)
-            response = _text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the log")
-        return response, method == "HEAD"
+            secret.write()
+        except OSError as exc:
+            log.warning(
+                "cannot write the status page's action secret %s (%s); the page is read-only",
+                secret.path,
+                exc.strerror or exc,
+            )
+            self.secret = None
+            return
+        cleanup.callback(secret.remove)
 
 
-async def _read_head(stream: anyio.abc.SocketStream) -> bytes | None:
-    """The request line and headers, or None past ``REQUEST_HEAD_MAX_BYTES``."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        if len(buf) > REQUEST_HEAD_MAX_BYTES:
-            return None
-        buf += await stream.receive()
-    return buf.split(b"\r\n\r\n", 1)[0]
+def _uvicorn_server(parts: WebParts, rule: HostRule) -> uvicorn.Server:
+    config = uvicorn.Config(
+        build_app(parts, rule),
+        http="h11",
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        log_level="warning",  # uvicorn's start/stop lines are not the operator's business
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=REQUEST_HEAD_MAX_BYTES,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    return server

@@ -12,8 +12,10 @@ import time
 
 import msgspec
 
+from supervisor import __version__
 from supervisor.lanes.lane import Lane
 from supervisor.pool.engine_pool import EnginePool
+from supervisor.updates.state import STATUS
 from supervisor.worker_state import WorkerState
 
 
@@ -80,6 +82,29 @@ class LaneView(msgspec.Struct):
     job_failures: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class UpdateView(msgspec.Struct):
+    installed: str
+    checking: bool  # auto_update_enabled
+    newest: str | None
+    available: bool
+    checked_s_ago: float | None
+    error: str | None
+    note: str | None  # why it is not installed, or what happens next
+
+
+def _update_view() -> UpdateView:
+    checked = STATUS.checked_at
+    return UpdateView(
+        installed=__version__,
+        checking=STATUS.checking,
+        newest=STATUS.newest,
+        available=STATUS.available,
+        checked_s_ago=round(time.time() - checked) if checked is not None else None,
+        error=STATUS.error,
+        note=STATUS.note,
+    )
+
+
 class StatusReport(msgspec.Struct):
     pid: int
     worker_id: str | None
@@ -95,6 +120,7 @@ class StatusReport(msgspec.Struct):
     gpu_source: str | None = None  # "nvml", "simulated", or None without NVIDIA GPUs
     job_failures: dict[str, int] = msgspec.field(default_factory=dict)
     lanes: list[LaneView] = msgspec.field(default_factory=list)
+    update: UpdateView | None = None
 
 
 def _slot_views(pool: EnginePool, now: float) -> list[SlotView]:
@@ -214,4 +240,5 @@ def build_status(pool: EnginePool, lanes: list[Lane]) -> StatusReport:
         gpu_source=source.kind if source is not None else None,
         job_failures=_summed([dict(lane.state.job_failures) for lane in lanes]),
         lanes=[_lane_view(lane) for lane in lanes],
+        update=_update_view(),
     )

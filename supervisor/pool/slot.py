@@ -22,6 +22,7 @@ import zmq
 
 from engines.load_keys import load_key
 from protocol import ipc
+from protocol.tasks import task_kind
 from supervisor.gpu.governor import GpuGovernor
 from supervisor.pool.failure_causes import death_verdict, is_device_fault, read_oom_kill_count
 from supervisor.pool.host_process import ExitInfo, HostProcess, LaunchOptions
@@ -43,6 +44,7 @@ log = logging.getLogger("supervisor.slot")
 
 # Engines that compute on the GPU they are pinned to (synthetic only on a simulated one).
 GPU_ENGINES: Final = frozenset({"llama", "sdcpp"})
+LOSS_STDERR_LINES: Final = 20
 
 
 class Slot(SlotInbox):
@@ -75,6 +77,7 @@ class Slot(SlotInbox):
         self.host: HostProcess | None = None
         self.progress_stats = ProgressStats()  # download bytes, load times (metrics)
         self._killed_by_us = False
+        self._job_facts: dict[str, str] = {}  # the running job's kind and model, never prompt
         self._generation_tasks: anyio.abc.TaskGroup | None = None
         self._callers: dict[str, Caller] = {}
         self._drain_event = anyio.Event()
@@ -115,6 +118,7 @@ class Slot(SlotInbox):
             self.gpu.release(run.job_id)  # the memory reserved for it is not going to be used
             return refused
         caller = self._callers[run.job_id] = Caller(on_progress)
+        self._job_facts = {"job_kind": task_kind(run.task), "model": run.model}
         if self.pin is not None:
             key = load_key(self.engine, run.model, run.model_source, run.task)
             self.gpu.job_started(self, run.job_id, key)
@@ -277,18 +281,37 @@ class Slot(SlotInbox):
 
     def _leave(self, verdict: Verdict) -> None:
         self.core.leave_generation(verdict)
-        if not verdict.polite and not verdict.final:
-            log.error(
-                "engine host lost engine=%s slot=%s pid=%s cause=%s: %s",
-                self.engine,
-                self.slot_id,
-                self.host.pid if self.host else "?",
-                verdict.cause,
-                verdict.detail,
-            )
         self._changed()
 
+    def _report_loss(self, verdict: Verdict, exit: ExitInfo) -> None:
+        """The one error line of a lost host, once it is reaped: its exit and stderr tail
+        ride along as ``host_loss`` (the telemetry's event; the prompt is scrubbed there)."""
+        if verdict.polite or verdict.final:
+            return
+        assert self.host is not None
+        facts = {
+            "engine": self.engine,
+            "slot": self.slot_id,
+            "gpu": self.device_index,
+            "cause": str(verdict.cause),
+            "exit": exit.describe(),  # the detail is in the message: Sentry keeps 10 keys
+            "signal": exit.signal_name,
+            "exit_code": exit.returncode if exit.returncode >= 0 else None,
+            "stderr_tail": list(self.host.stderr_tail)[-LOSS_STDERR_LINES:],
+            **(self._job_facts if self.job_id is not None else {}),
+        }
+        log.error(
+            "engine host lost engine=%s slot=%s pid=%s cause=%s: %s",
+            self.engine,
+            self.slot_id,
+            self.host.pid,
+            verdict.cause,
+            verdict.detail,
+            extra={"host_loss": facts},
+        )
+
     def _settle(self, verdict: Verdict, exit: ExitInfo, oom_kills: int | None) -> None:
+        self._report_loss(verdict, exit)
         self.gpu.host_gone(self)
         self.health.host_lost(self)
         assert self.host is not None

@@ -22,7 +22,7 @@ import anyio.abc
 from engines.progress_bar import TerminalProgress
 from protocol import ipc
 from protocol.studio import Accept, CompleteJson, Fail, JobOfferClaim, Reject
-from protocol.tasks import prompt_for, task_kind
+from protocol.tasks import AudioSttTask, Task, prompt_for, prompt_preview, task_kind
 from supervisor.errors import FrameTooLarge, SessionTransportError, StudioError
 from supervisor.live_config import LiveConfig
 from supervisor.pool.job_outcome import JobFailedOutcome, JobSucceeded
@@ -38,6 +38,7 @@ from supervisor.studio.offer_routing import (
     route_offer,
 )
 from supervisor.studio.ws_client import StudioSocket
+from supervisor.telemetry.sentry import remember_task
 from supervisor.worker_state import ActiveJob, WorkerState
 
 log = logging.getLogger("supervisor.session.jobs")
@@ -82,6 +83,7 @@ class JobRunner:
             claim.vram_gb_estimate,
             extra={"job_id": job_id},
         )
+        remember_task(claim.task)  # before anything can echo it: telemetry scrubs it
         decision = route_offer(
             claim,
             worker=WorkerFlags(self.state.paused, self.state.shutting_down),
@@ -136,7 +138,12 @@ class JobRunner:
             if not await self._send_or_log(Accept(job_id=job_id), "accept", job_id):
                 return
             active = ActiveJob(
-                job_id, task_kind(claim.task), claim.model, slot.engine, slot.slot_id
+                job_id,
+                task_kind(claim.task),
+                claim.model,
+                slot.engine,
+                slot.slot_id,
+                prompt_preview=_page_preview(claim.task),
             )
             self.state.jobs[job_id] = active
             # No await between here and pool.execute, which takes the reservation over.
@@ -243,7 +250,7 @@ class JobRunner:
             except StudioError as exc:
                 await self._fail(job_id, str(exc), retryable=True, cause="upload")
                 return
-            self.state.job_outcomes["done"] += 1
+            self.state.count_outcome(job_id, "done")
             log.info(
                 "binary upload ok job %s ext=%s bytes=%d elapsed_ms=%d",
                 job_id,
@@ -260,7 +267,7 @@ class JobRunner:
             await self._fail_too_large(job_id, exc)
             return
         if sent:
-            self.state.job_outcomes["done"] += 1
+            self.state.count_outcome(job_id, "done")
             log.info(
                 "json result sent job %s elapsed_ms=%d",
                 job_id,
@@ -268,7 +275,7 @@ class JobRunner:
                 extra={"job_id": job_id},
             )
         else:
-            self.state.job_outcomes["failed_retryable"] += 1
+            self.state.count_outcome(job_id, "failed_retryable")
 
     async def _fail_too_large(self, job_id: str, exc: FrameTooLarge) -> None:
         """Sending it would make the studio drop the session (and every other job with it),
@@ -282,8 +289,8 @@ class JobRunner:
         await self._fail(job_id, error, retryable=False, cause=CAUSE_RESULT_TOO_LARGE)
 
     async def _fail(self, job_id: str, error: str, *, retryable: bool, cause: str) -> None:
-        self.state.job_outcomes["failed_retryable" if retryable else "failed_final"] += 1
-        self.state.job_failures[cause] += 1
+        outcome = "failed_retryable" if retryable else "failed_final"
+        self.state.count_outcome(job_id, outcome, cause)
         try:
             await self.sock.send(Fail(job_id=job_id, error=error, retryable=retryable))
         except SessionTransportError as exc:
@@ -308,6 +315,14 @@ class JobRunner:
 
     def _progress_logger(self, active: ActiveJob) -> ProgressLogger:
         return ProgressLogger(active)
+
+
+def _page_preview(task: Task) -> str:
+    """What the status page shows of a job's prompt: its first 200 characters; an input
+    URL without its query string, which may carry a signature."""
+    if isinstance(task, AudioSttTask):
+        return prompt_preview(task.input_url.split("?", 1)[0])
+    return prompt_preview(prompt_for(task))
 
 
 # Causes that the engine's own error text does not already name.
@@ -349,7 +364,7 @@ class ProgressLogger:
         a = self.active
         self._draw(msg)
         phase_changed = msg.phase != a.phase
-        a.phase, a.step, a.total = msg.phase, msg.step, msg.total
+        a.phase, a.step, a.total, a.detail = msg.phase, msg.step, msg.total, msg.message
         now = time.monotonic()
         if (
             phase_changed

@@ -92,6 +92,7 @@ async def serve_studio(deps: SessionDeps, *, reregister: Reregister | None = Non
                 attempt = 0
             attempt += 1
             state.reconnects += 1
+            state.reconnect_attempt = attempt
             cap = deps.config.current().ws_reconnect_attempts or 0
             if reconnect_exhausted(cap, attempt):
                 log.error("giving up after %d reconnect attempts", attempt - 1)

@@ -161,14 +161,23 @@ class Processes:
             "XDG_DATA_HOME": str(home / ".local" / "share"),
             "PYTHONUNBUFFERED": "1",
             REGISTRATION_POLL_ENV: "0.2",
+            "SENTRY_DSN": "",  # telemetry only where a test turns it on
         }
 
-    def spawn(self, name: str, argv: list[str], *, unset: tuple[str, ...] = (), **env: str) -> Proc:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        unset: tuple[str, ...] = (),
+        cwd: Path = REPO_ROOT,
+        **env: str,
+    ) -> Proc:
         """Start ``argv`` with the test environment plus ``env``, minus ``unset``."""
         full_env = {k: v for k, v in {**self.env, **env}.items() if k not in unset}
         popen = subprocess.Popen(
             argv,
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
