@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -56,10 +55,6 @@ class SecretSource:
         self.worker_ids: list[str] = []  # the top level's first, then each lane's
         self._lock = threading.Lock()
 
-    def add(self, secret: str) -> None:
-        with self._lock:
-            self._fixed.add(secret)
-
     def __call__(self) -> set[str]:
         with self._lock:
             stamp = _mtime(self._path)
@@ -87,10 +82,3 @@ def _mtime(path: Path) -> int | None:
         return path.stat().st_mtime_ns
     except OSError:
         return None
-
-
-def fixed_secrets(*values: str | None) -> set[str]:
-    return {v for v in values if v}
-
-
-SecretsCallable = Callable[[], set[str]]

@@ -22,7 +22,7 @@ from supervisor import __version__
 from supervisor.config import WorkerConfig
 from supervisor.errors import WorkerError
 from supervisor.machine_facts import machine_name
-from supervisor.telemetry.memory import PromptMemory, SecretSource, config_secrets, fixed_secrets
+from supervisor.telemetry.memory import PromptMemory, SecretSource, config_secrets
 from supervisor.telemetry.scrub import Scrubber
 
 log = logging.getLogger("supervisor.telemetry")
@@ -128,10 +128,8 @@ def start_telemetry(
     from sentry_sdk.integrations.logging import LoggingIntegration
     from sentry_sdk.integrations.threading import ThreadingIntegration
 
-    secrets = SecretSource(config_path, fixed_secrets(dsn) | config_secrets(cfg), secret_files)
     key = dsn.split("://", 1)[-1].split("@", 1)[0].split(":", 1)[0]
-    if key:
-        secrets.add(key)
+    secrets = SecretSource(config_path, {dsn, key} | config_secrets(cfg), secret_files)
     prompts = PromptMemory()
     telemetry = Telemetry(prompts, secrets, Scrubber(secrets, prompts))
     sentry_sdk.init(

@@ -18,7 +18,7 @@ from supervisor.updates.versions import PACKAGE
 _INSTALLER_FILES: Final = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
 
 
-def _record_hash(data: bytes) -> str:
+def record_hash(data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"sha256={digest}"
 
@@ -59,7 +59,7 @@ def _keep(dest: Path) -> Path:
             data = Path(str(dist.locate_file(entry))).read_bytes()
             arcname = str(rel)
             whl.writestr(arcname, data)
-            rows.append(f"{arcname},{_record_hash(data)},{len(data)}")
+            rows.append(f"{arcname},{record_hash(data)},{len(data)}")
         rows.append(f"{dist_info}/RECORD,,")
         whl.writestr(f"{dist_info}/RECORD", "\n".join(rows) + "\n")
     partial.replace(target)

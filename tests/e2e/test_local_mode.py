@@ -20,7 +20,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from supervisor.config import load_config
@@ -32,6 +31,7 @@ from tests.support.contract_harness import (
     Processes,
     SupervisorProcess,
     free_port,
+    gone,
     poll_until,
     start_studio,
     start_supervisor,
@@ -41,14 +41,6 @@ from tests.support.contract_harness import (
 STUDIO_RUNNING = re.compile(r"local studio running at (\S+) pid=(\d+)")
 GONE_WITHIN_S = 15.0
 KILLED = frozenset({-signal.SIGKILL})
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie nobody reaped yet counts: it holds no port, lock or file)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def start_local(

@@ -34,6 +34,7 @@ from tests.support.contract_harness import (
     Proc,
     Processes,
     free_port,
+    gone,
     poll_until,
     write_worker_config,
 )
@@ -162,13 +163,6 @@ def family(pid: int) -> set[int]:
 
 def at_least(count: int, pids: set[int]) -> set[int] | None:
     return pids if len(pids) >= count else None
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_a_newer_release_waits_for_the_job_then_installs_and_re_executes(

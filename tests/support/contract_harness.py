@@ -260,6 +260,14 @@ def process_registry(tmp_path: Path) -> Iterator[Processes]:
         registry.close()
 
 
+def gone(pid: int) -> bool:
+    """Exited (a zombie nobody reaped yet counts: it holds no port, lock or file)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def free_port() -> int:
     """A port nobody listens on right now (so a restarted studio can reuse it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -6,8 +6,6 @@ line), so nothing is downloaded."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import shutil
 import site
 import subprocess
@@ -15,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from supervisor.updates.keep import record_hash
 from tests.support.contract_harness import REPO_ROOT
 
 NAME = "studio_worker"
@@ -57,11 +56,6 @@ def wheel_version(wheel: Path) -> str:
     return wheel.name.split("-")[1]
 
 
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
-
-
 def derive_wheel(
     base: Path,
     dest_dir: Path,
@@ -89,7 +83,7 @@ def derive_wheel(
             if appended and name in appended:
                 data = data + b"\n" + appended[name].encode()
             out.writestr(name, data)
-            rows.append(f"{name},{_record_hash(data)},{len(data)}")
+            rows.append(f"{name},{record_hash(data)},{len(data)}")
         rows.append(f"{new_info}/RECORD,,")
         out.writestr(f"{new_info}/RECORD", "\n".join(rows) + "\n")
     return target
